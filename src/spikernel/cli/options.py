@@ -1,0 +1,39 @@
+"""Option types shared by several subcommands: parse early, fail with one clear line."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import SpikernelError
+from ..memory import BIT_WIDTHS
+from ..model import PRESETS
+from ..space import CELL_TYPES, Genotype, KernelSet
+
+
+class _Parsed(click.ParamType):
+    parser = staticmethod(lambda text: text)
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parser(value)
+        except SpikernelError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class GenotypeType(_Parsed):
+    name = "GENOTYPE"
+    parser = staticmethod(Genotype.parse)
+
+
+class KernelSetType(_Parsed):
+    name = "KERNELS"
+    parser = staticmethod(KernelSet.parse)
+
+
+GENOTYPE = GenotypeType()
+KERNELS = KernelSetType()
+PRESET = click.Choice(sorted(PRESETS))
+CELL = click.Choice(CELL_TYPES)
+BITS = click.Choice([str(b) for b in BIT_WIDTHS])

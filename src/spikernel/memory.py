@@ -1,0 +1,130 @@
+"""Memory footprint of (genotype, macro) from the operations and widths alone (SPEC 6).
+
+No network is built, so a search knows every candidate's cost before scoring it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+from .model import MacroConfig
+from .space import Genotype, kernel_of
+
+BIT_WIDTHS = (32, 16, 8, 4)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    params: int  # trainable parameters (what torch counts)
+    bn_buffers: int  # BatchNorm running mean + variance, stored beside the weights
+    lif_neurons: int  # membrane potentials: one per LIF neuron
+    lif_layers: int
+
+    @property
+    def stored_values(self) -> int:
+        return self.params + self.bn_buffers
+
+    def bytes(self, bits: int = 32) -> int:
+        """Weight memory at ``bits`` per value (parameters + BatchNorm statistics)."""
+        check_bits(bits)
+        return (self.stored_values * bits + 7) // 8
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "footprint_bytes": {str(b): self.bytes(b) for b in BIT_WIDTHS},
+        }
+
+
+def check_bits(bits: int) -> int:
+    if bits not in BIT_WIDTHS:
+        raise ConfigError(f"unsupported bit width {bits}; choose one of {', '.join(map(str, BIT_WIDTHS))}")
+    return bits
+
+
+def _cell(genotype: Genotype, channels: int, size: int) -> tuple[int, int, int, int]:
+    """(params, bn_buffers, lif_neurons, lif_layers) of one cell."""
+    params = buffers = neurons = layers = 0
+    for *_, code in genotype.pruned().all_edges:
+        kernel = kernel_of(code)
+        if kernel is None:
+            continue
+        params += channels * channels * kernel * kernel + 2 * channels  # conv + BN affine
+        buffers += 2 * channels
+        neurons += channels * size * size
+        layers += 1
+    return params, buffers, neurons, layers
+
+
+def footprint(genotype: Genotype, macro: MacroConfig) -> Footprint:
+    c, m = macro.width, macro
+    s1, s2 = m.cell1_size, m.cell2_size
+    cell1 = _cell(genotype, c, s1)
+    cell2 = _cell(genotype, 2 * c, s2)
+    bn_channels = c + c + 2 * c + 2 * c  # stem, reduction (pre and post conv), last
+    params = (
+        m.in_channels * c * 9  # stem conv
+        + c * 2 * c * 9  # reduction conv
+        + m.head_features * m.hidden  # head Linear, no bias
+        + (m.hidden + 1) * m.num_classes * m.votes  # output Linear with bias
+        + 2 * bn_channels
+        + cell1[0]
+        + cell2[0]
+    )
+    neurons = c * s1 * s1 + 2 * c * s2 * s2 + m.hidden + cell1[2] + cell2[2]
+    return Footprint(
+        params=params,
+        bn_buffers=2 * bn_channels + cell1[1] + cell2[1],
+        lif_neurons=neurons,
+        lif_layers=3 + cell1[3] + cell2[3],
+    )
+
+
+def min_footprint(macro: MacroConfig) -> Footprint:
+    """The smallest footprint any cell can have: a lone skip edge 0 -> 3 (no convolutions)."""
+    return footprint(Genotype(((0, 0, 0, 1), (0,) * 4, (0,) * 4, (0,) * 4)), macro)
+
+
+# --------------------------------------------------------------------------- budgets
+
+_PARAM_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A memory limit: a parameter count (``10M``) or bytes at a bit width (``8MB`` at 8 bits)."""
+
+    limit: int
+    unit: str  # "params" or "bytes"
+    bits: int = 32
+
+    @classmethod
+    def parse(cls, text: str, bits: int = 32) -> Budget:
+        check_bits(bits)
+        raw = text.strip().upper().replace(" ", "")
+        number = raw.rstrip("KMGIB")
+        suffix = raw[len(number):]
+        try:
+            value = float(number)
+        except ValueError:
+            value = -1.0
+        if value <= 0 or (suffix not in _PARAM_UNITS and suffix not in _BYTE_UNITS):
+            raise ConfigError(
+                f"malformed budget {text!r}: use a parameter count like 500K or 10M, or bytes like 800KB or 8MB"
+            )
+        if suffix in _PARAM_UNITS:
+            return cls(int(value * _PARAM_UNITS[suffix]), "params", bits)
+        return cls(int(value * _BYTE_UNITS[suffix]), "bytes", bits)
+
+    def cost(self, fp: Footprint) -> int:
+        return fp.params if self.unit == "params" else fp.bytes(self.bits)
+
+    def fits(self, fp: Footprint) -> bool:
+        return self.cost(fp) <= self.limit
+
+    def __str__(self) -> str:
+        if self.unit == "params":
+            return f"{self.limit:,} parameters"
+        return f"{self.limit:,} bytes at {self.bits} bits"
