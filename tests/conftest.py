@@ -1,0 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py and friends
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir():
+    """The real full Fashion-MNIST, where this checkout or the machine has it; else skip."""
+    candidates = [os.environ.get("SPIKERNEL_DATA", ""), REPO.parent / "shared" / "data", "/usr/share/datasets"]
+    for root in candidates:
+        path = Path(root) / "fashion-mnist"
+        if root and (path / "train-images-idx3-ubyte.gz").exists():
+            return path
+    pytest.skip("full Fashion-MNIST not found (set SPIKERNEL_DATA)")
