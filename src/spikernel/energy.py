@@ -1,0 +1,214 @@
+"""Spike rates, synaptic operations and an energy estimate per inference (T timesteps).
+
+The usual SNN accounting (e.g. SNASNet, SpikingJelly's op counters): a layer fed by spikes does
+one accumulate (AC) per spike per outgoing synapse, a synaptic operation (SOP); the first layer
+sees the real-valued image and does multiply-accumulates (MACs). Energy = SOPs x E_AC + MACs x
+E_MAC, with the 45 nm figures SNN papers quote (Horowitz, ISSCC 2014) as defaults.
+
+What is counted, per image:
+- every LIF layer: neurons, spikes, rate = spikes / (neurons x T);
+- every convolution or linear layer after a LIF: SOPs = sum over input spikes of the synapses
+  they reach (at a zero-padded border a spike reaches fewer outputs). The average pool between
+  the last LIF and the head is linear, so it folds into the head's weights: each spike it
+  pools still drives ``hidden`` accumulates;
+- the stem convolution: MACs on the image. It runs once per inference (direct encoding feeds
+  the same image every step, so its output is reused for all T steps).
+Not counted: neuron updates, node sums, average pools and the per-channel affine before a LIF
+(elementwise work, small next to the synapses), and memory traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .neuron import is_lif
+
+E_AC_PJ = 0.9  # pJ per 32-bit float accumulate, 45 nm
+E_MAC_PJ = 4.6  # pJ per 32-bit float multiply-accumulate, 45 nm
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation in picojoules (settings; defaults are the 45 nm figures)."""
+
+    e_ac: float = E_AC_PJ
+    e_mac: float = E_MAC_PJ
+
+    def __post_init__(self):
+        if not (self.e_ac >= 0 and self.e_mac >= 0):
+            raise ConfigError(f"energy per operation must be >= 0 pJ, got AC {self.e_ac}, MAC {self.e_mac}")
+
+
+@dataclass
+class LayerSpikes:
+    name: str
+    neurons: int
+    spikes: float  # per image, all T steps
+    rate: float  # spikes / (neurons x T)
+
+
+@dataclass
+class LayerSops:
+    name: str
+    kind: str
+    input_spikes: float  # per image
+    sops: float  # per image
+
+
+@dataclass
+class OpsReport:
+    """Per-inference figures averaged over ``images`` images."""
+
+    images: int
+    timesteps: int
+    lif: list[LayerSpikes]
+    synapses: list[LayerSops]
+    stem_macs: int
+    energy_model: EnergyModel = field(default_factory=EnergyModel)
+
+    @property
+    def sops(self) -> float:
+        return sum(s.sops for s in self.synapses)
+
+    @property
+    def spikes(self) -> float:
+        return sum(s.spikes for s in self.lif)
+
+    @property
+    def neurons(self) -> int:
+        return sum(s.neurons for s in self.lif)
+
+    @property
+    def spike_rate(self) -> float:
+        """Spikes / (neurons x T) over all LIF layers."""
+        return self.spikes / (self.neurons * self.timesteps) if self.neurons else 0.0
+
+    @property
+    def energy_pj(self) -> float:
+        return self.sops * self.energy_model.e_ac + self.stem_macs * self.energy_model.e_mac
+
+    def to_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "timesteps": self.timesteps,
+            "spike_rate": self.spike_rate,
+            "spikes": self.spikes,
+            "sops": self.sops,
+            "stem_macs": self.stem_macs,
+            "energy_pj": self.energy_pj,
+            "energy_model": asdict(self.energy_model),
+            "lif": [asdict(s) for s in self.lif],
+            "synapses": [asdict(s) for s in self.synapses],
+        }
+
+
+def conv_sops(spikes: torch.Tensor, conv: nn.Conv2d) -> float:
+    """Accumulates a convolution does for binary input [..., C, H, W]: each spike reaches
+    ``out_channels`` x (the kernel positions that land inside the output)."""
+    if conv.groups != 1:
+        raise ConfigError("grouped convolutions are not counted")
+    per_position = spikes.reshape(-1, *spikes.shape[-3:]).sum(1, keepdim=True)
+    ones = torch.ones(1, 1, *conv.kernel_size, dtype=per_position.dtype, device=per_position.device)
+    reach = F.conv2d(per_position, ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    return float(reach.sum(dtype=torch.float64)) * conv.out_channels
+
+
+def _synapse_after_lif(seq: nn.Module) -> nn.Module | None:
+    """The convolution or linear layer a LIF feeds inside a Sequential (SNASNet's LIF -> Conv)."""
+    if not isinstance(seq, nn.Sequential):
+        return None
+    modules = list(seq)
+    for i, module in enumerate(modules[:-1]):
+        if is_lif(module) and isinstance(modules[i + 1], (nn.Conv2d, nn.Linear)):
+            return modules[i + 1]
+    return None
+
+
+def synapses(model) -> list[tuple[str, nn.Module, int]]:
+    """(name, layer, pooled area) for every spike-driven layer of an ``SNN`` (folded or not)."""
+    found = []
+    for cell_name in ("cell1", "cell2"):
+        for key, op in getattr(model, cell_name).ops.items():
+            if (conv := _synapse_after_lif(op)) is not None:
+                found.append((f"{cell_name}.{key.replace('_', '->')}", conv, 1))
+    found.append(("reduction", _synapse_after_lif(model.reduction), 1))
+    linears = [m for m in model.head if isinstance(m, nn.Linear)]
+    found.append(("head", linears[0], model.macro.second_pool**2))
+    found.append(("readout", linears[1], 1))
+    return found
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        return f"conv{module.kernel_size[0]}x{module.kernel_size[1]}"
+    return "linear"
+
+
+@torch.no_grad()
+def measure(model, batches, energy_model: EnergyModel | None = None) -> OpsReport:
+    """Run ``model`` (eval mode) on normalised image batches and count spikes and operations."""
+    model.eval()
+    lif_names = {m: n for n, m in model.named_modules() if is_lif(m)}
+    spikes = {n: 0.0 for n in lif_names.values()}
+    neurons: dict[str, int] = {}
+    syn = synapses(model)
+    syn_spikes = {name: 0.0 for name, *_ in syn}
+    sops = {name: 0.0 for name, *_ in syn}
+    stem_macs = [0]
+
+    def on_lif(module, _inputs, output):
+        name = lif_names[module]
+        spikes[name] += float(output.sum(dtype=torch.float64))
+        neurons[name] = output[0, 0].numel()
+
+    def on_synapse(name, area):
+        def hook(module, inputs, _output):
+            x = inputs[0]
+            count = float(x.sum(dtype=torch.float64)) * area  # pooled spikes x pooled area = spikes
+            syn_spikes[name] += count
+            sops[name] += conv_sops(x, module) * area if isinstance(module, nn.Conv2d) else count * module.out_features
+        return hook
+
+    def on_stem(module, inputs, output):
+        stem_macs[0] += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+
+    handles = [m.register_forward_hook(on_lif) for m in lif_names]
+    handles += [m.register_forward_hook(on_synapse(name, area)) for name, m, area in syn]
+    stem_conv = next(m for m in model.stem if isinstance(m, nn.Conv2d))
+    handles.append(stem_conv.register_forward_hook(on_stem))
+    images = 0
+    try:
+        for batch in batches:
+            model(batch)
+            images += len(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not images:
+        raise ConfigError("no images to measure spikes on")
+    timesteps = model.macro.timesteps
+    return OpsReport(
+        images=images,
+        timesteps=timesteps,
+        lif=[LayerSpikes(n, neurons.get(n, 0), spikes[n] / images,
+                         spikes[n] / images / (neurons[n] * timesteps) if neurons.get(n) else 0.0)
+             for n in lif_names.values()],
+        synapses=[LayerSops(name, _kind(m), syn_spikes[name] / images, sops[name] / images) for name, m, _ in syn],
+        stem_macs=stem_macs[0] // images,
+        energy_model=energy_model or EnergyModel(),
+    )
+
+
+def measure_dataset(model, dataset, limit: int | None = None, batch_size: int = 256,
+                    energy_model: EnergyModel | None = None, device="cpu") -> OpsReport:
+    """``measure`` on the first ``limit`` test images (all by default)."""
+    split = dataset.test
+    count = len(split) if limit is None else min(limit, len(split))
+    batches = (dataset.normalize(split.images[i : min(i + batch_size, count)].to(device))
+               for i in range(0, count, batch_size))
+    return measure(model, batches, energy_model)

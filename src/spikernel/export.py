@@ -1,0 +1,305 @@
+"""Deployment files: a NIR graph (via spikingjelly's NIR exchange) and plain safetensors.
+
+NIR describes one timestep of a network as a graph of nodes (convolutions, pools, linear
+layers, LIF neurons); a node with several incoming edges sums them, and an edge that closes a
+cycle carries the value of the previous step. spikingjelly's exporter traces a single-step
+PyTorch module whose only functions are additions, and it cannot trace a cycle, so export:
+
+1. folds the BatchNorms (it fails on them) and builds ``StepGraph``, one timestep of the folded
+   network made of spikingjelly/torch layers in single-step mode (the average vote over each
+   class's output neurons folds into the readout; dropout is gone in eval mode);
+2. traces it with ``export_to_nir``; a backward edge j -> i is cut there: its operation runs on
+   node j after the cell, and node i gets a *marker*, a zero-weight 1x1 convolution of the cell
+   input, so the exporter records who reads node i;
+3. turns each cut into recurrent edges (operation output -> every reader of node i) and drops
+   the markers, except where node i has no other input: there the zero convolution stays, so a
+   simulator breaks the cycle on the recurrent edge rather than somewhere else;
+4. reads the graph back with ``import_from_nir``, simulates T steps on sample images and checks
+   the spikes of every LIF and the logits against the PyTorch model before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
+from torch import nn
+
+from .errors import SpikernelError
+from .fold import ChannelAffine, fold, is_folded
+from .model import SNN, MacroConfig, build_model
+from .neuron import is_lif
+from .space import INPUT, NODES, OUTPUT, SKIP, Genotype
+from .storage import _atomic, read_json, write_json
+
+NIR_DT = 1e-4  # seconds per step: the NIR convention spikingjelly and most simulators use
+
+
+class ExportError(SpikernelError):
+    """The network or run cannot be exported as asked."""
+
+
+# --------------------------------------------------------------------------- one timestep
+
+
+def _affine_conv(affine: ChannelAffine) -> nn.Conv2d:
+    """A per-channel affine as a 1x1 convolution with diagonal weights: NIR has no per-channel
+    affine node for feature maps, and its Conv2d is read by every NIR simulator."""
+    channels = affine.scale.numel()
+    conv = nn.Conv2d(channels, channels, 1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.diag(affine.scale).view(channels, channels, 1, 1))
+        conv.bias.copy_(affine.shift)
+    return conv
+
+
+def _zero_conv(channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, 1, bias=True)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _step_modules(seq: nn.Module) -> nn.Sequential:
+    """A folded Sequential in NIR-mappable single-step form (affines as 1x1 convolutions)."""
+    mods = [_affine_conv(m) if isinstance(m, ChannelAffine) else m for m in seq
+            if not isinstance(m, (nn.Identity, nn.Dropout, layer.Dropout))]
+    return nn.Sequential(*mods)
+
+
+class StepCell(nn.Module):
+    """One timestep of a ``Cell``: the forward edges in node order, then the backward edges cut.
+
+    Two kinds of zero-weight 1x1 convolutions are markers for the exporter and never reach the
+    NIR file: ``readers[i]`` adds zero into node i, so its out-edges name every module that reads
+    node i; ``carried[j_i]`` reads what backward edge j -> i carries (its operation's output, or
+    node j itself for a skip), so its in-edges name the sources. Each carried marker becomes a
+    ``nir.Delay`` of one step feeding the readers of node i.
+    """
+
+    def __init__(self, cell: nn.Module, channels: int, size: int):
+        super().__init__()
+        g = cell.genotype
+        self.shape = (channels, size, size)
+        self.genotype = str(g)
+        self.forward_edges = [(i, j, g.matrix[i][j]) for i, j in cell.forward_edges]
+        self.backward_edges = [(j, i, g.matrix[j][i]) for j, i in cell.backward_edges]
+        self.ops = nn.ModuleDict({key: _step_modules(op) if isinstance(op, nn.Sequential) else op
+                                  for key, op in cell.ops.items() if not isinstance(op, nn.Identity)})
+        self.readers = nn.ModuleDict({str(i): _zero_conv(channels) for i in sorted({i for _, i, _ in self.backward_edges})})
+        self.carried = nn.ModuleDict({f"{j}_{i}": _zero_conv(channels) for j, i, _ in self.backward_edges})
+
+    def _op(self, key: str, code: int, x):
+        return x if code == SKIP else self.ops[key](x)
+
+    def forward(self, x_in: torch.Tensor) -> torch.Tensor:
+        values: list = [None] * NODES
+        for j in range(NODES):
+            terms = [x_in] if j == INPUT else []
+            terms += [self._op(f"{i}_{j}", code, values[i]) for i, jj, code in self.forward_edges if jj == j]
+            if str(j) in self.readers:
+                terms.append(self.readers[str(j)](x_in))
+            values[j] = sum(terms[1:], terms[0]) if terms else None
+        for j, i, code in self.backward_edges:
+            key = f"{j}_{i}"
+            self.carried[key](self._op(key, code, values[j]))
+        return values[OUTPUT]
+
+
+class StepGraph(nn.Module):
+    """One timestep of a folded ``SNN``: image -> per-step class logits (votes averaged)."""
+
+    def __init__(self, folded: SNN):
+        super().__init__()
+        net = copy.deepcopy(folded).eval()
+        functional.set_step_mode(net, "s")
+        m = self.macro = net.macro
+        snn_names = {id(mod): name for name, mod in net.named_modules() if is_lif(mod)}
+        self.stem = _step_modules(net.stem)
+        self.cell1 = StepCell(net.cell1, m.width, m.cell1_size)
+        self.reduction = _step_modules(net.reduction)
+        self.cell2 = StepCell(net.cell2, 2 * m.width, m.cell2_size)
+        self.last = _step_modules(net.last)
+        self.flatten = nn.Flatten(1)
+        fc, lif_head, readout = _step_modules(net.head)
+        self.head = nn.Sequential(fc, lif_head)
+        # mean over a class's V outputs of W x + b == (mean of the V rows) x + mean of the biases
+        self.readout = nn.Linear(readout.in_features, m.num_classes)
+        with torch.no_grad():
+            self.readout.weight.copy_(readout.weight.view(m.num_classes, m.votes, -1).mean(1))
+            self.readout.bias.copy_(readout.bias.view(m.num_classes, m.votes).mean(1))
+        # NIR node name of each LIF -> its name in the SNN (the exporter names nodes by path)
+        self.lif_names = {_nir_name(n): snn_names[id(mod)] for n, mod in self.named_modules() if is_lif(mod)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cell1(self.stem(x))
+        x = self.cell2(self.reduction(x))
+        return self.readout(self.head(self.flatten(self.last(x))))
+
+
+def _nir_name(path: str) -> str:
+    return path.replace(".", "_")
+
+
+# --------------------------------------------------------------------------- NIR graph
+
+
+def _rewire(graph, step: StepGraph):
+    """Markers -> one-step ``nir.Delay`` nodes on the backward edges; drop the exporter's extras."""
+    import nir
+
+    nodes, edges = dict(graph.nodes), list(graph.edges)
+    rename, drop = {}, set()
+    for prefix in ("cell1", "cell2"):
+        cell: StepCell = getattr(step, prefix)
+        for j, i, _ in cell.backward_edges:
+            marker, delay = _nir_name(f"{prefix}.carried.{j}_{i}"), f"{prefix}_delay_{j}_{i}"
+            nodes[delay] = nir.Delay(delay=np.full(cell.shape, NIR_DT, dtype=np.float32))
+            rename[marker] = delay  # its in-edges are the delay's sources
+            drop.add(marker)
+            # A reader can be another edge's carried marker: this delay then feeds that delay.
+            readers = [t for s, t in edges if s == _nir_name(f"{prefix}.readers.{i}")]
+            edges += [(delay, t) for t in readers]
+        drop |= {_nir_name(f"{prefix}.readers.{i}") for i in cell.readers}
+    # The exporter gives every node without a successor its own output; only the logits are one.
+    final = next(t for s, t in edges if s == "readout")
+    drop |= {name for name, node in nodes.items() if isinstance(node, nir.Output) and name != final}
+    edges = [(rename.get(s, s), rename.get(t, t)) for s, t in edges if s not in drop or s in rename]
+    edges = [(s, t) for s, t in edges if s not in drop and t not in drop]
+    repeated = sorted({e for e in edges if edges.count(e) > 1})
+    if repeated:
+        raise ExportError(f"cell {step.cell1.genotype}: two paths of skip edges join the same modules "
+                          f"({', '.join(f'{s} -> {t}' for s, t in repeated)}); a NIR edge has no weight to count both")
+    return nir.NIRGraph(nodes={n: v for n, v in nodes.items() if n not in drop}, edges=edges, type_check=True)
+
+
+def to_nir(model: SNN, example: torch.Tensor):
+    """(NIR graph, the ``StepGraph`` it was traced from) of ``model``, folded first, on an example batch."""
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+
+    folded = model if is_folded(model) else fold(model)
+    step = StepGraph(folded)
+    graph = export_to_nir(step, example.to(next(step.parameters()).dtype), dt=NIR_DT)
+    return _rewire(graph, step), step
+
+
+@torch.no_grad()
+def simulate_nir(graph, images: torch.Tensor, timesteps: int, dtype=torch.float64):
+    """Run a NIR graph for T steps on the same image each step, in discrete time.
+
+    Every node becomes the module spikingjelly's NIR importer maps it to; a ``Delay`` outputs
+    what reached it on the previous step (zero on the first). spikingjelly's own
+    ``import_from_nir`` runs graphs without delays (``simulate_nir_spikingjelly``); nirtorch,
+    which it builds on, has no delay node and breaks each cycle once, at a place set by node
+    order, so it cannot give every backward edge of a cell its one-step delay.
+
+    Returns (per-step logits [T, B, classes], {LIF node name: spikes [T, B, ...]}).
+    """
+    import nir
+    from graphlib import CycleError, TopologicalSorter
+
+    # The exchange's own NIR node -> spikingjelly module table (not exported by the package).
+    from spikingjelly.activation_based.nir_exchange.from_nir import _NodeMapper
+
+    mapping = _NodeMapper(dt=NIR_DT).map_dict
+    sources: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for source, target in graph.edges:
+        sources[target].append(source)
+    delays = {n: node for n, node in graph.nodes.items() if isinstance(node, nir.Delay)}
+    modules = {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, (nir.Input, nir.Output, nir.Delay)):
+            continue
+        if type(node) not in mapping:
+            raise ExportError(f"NIR node {name} is a {type(node).__name__}, which spikingjelly cannot simulate")
+        modules[name] = mapping[type(node)](node).to(dtype)
+    try:  # a delay's output is known at the start of a step, so only other edges order the work
+        order = list(TopologicalSorter({n: [s for s in sources[n] if s not in delays]
+                                        for n in graph.nodes if n not in delays}).static_order())
+    except CycleError as exc:
+        raise ExportError(f"the NIR graph has a cycle without a delay: {exc.args[1]}") from None
+    x = images.to(dtype)
+    held = {n: torch.zeros(len(x), *d.delay.shape, dtype=dtype) for n, d in delays.items()}
+    state: dict[str, object] = {}
+    logits, spikes = [], {n: [] for n, m in modules.items() if is_lif(getattr(m, "module", None))}
+    for _ in range(timesteps):
+        values = dict(held)
+        for name in order:
+            node = graph.nodes[name]
+            if isinstance(node, nir.Input):
+                values[name] = x
+                continue
+            total = sum(values[s] for s in sources[name][1:]) + values[sources[name][0]]
+            if isinstance(node, nir.Output):
+                logits.append(total)
+            elif name in spikes:
+                values[name], state[name] = modules[name](total, state.get(name))
+                spikes[name].append(values[name])
+            else:
+                values[name] = modules[name](total)
+        held = {n: sum(values[s] for s in sources[n][1:]) + values[sources[n][0]] for n in delays}
+    return torch.stack(logits), {k: torch.stack(v) for k, v in spikes.items()}
+
+
+@torch.no_grad()
+def simulate_nir_spikingjelly(graph, images: torch.Tensor, timesteps: int, dtype=torch.float64):
+    """``simulate_nir`` through spikingjelly's ``import_from_nir`` (graphs without delays)."""
+    import nir
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    if any(isinstance(node, nir.Delay) for node in graph.nodes.values()):
+        raise ExportError("spikingjelly's NIR importer has no Delay node (backward cells need one)")
+    module = import_from_nir(graph, dt=NIR_DT, dtype=dtype, step_mode="s")
+    spikes: dict[str, list] = {}
+    hooks = [sub.register_forward_hook(lambda _m, _i, out, name=name: spikes.setdefault(name, []).append(out[0]))
+             for name, sub in module.named_children() if is_lif(getattr(sub, "module", None))]
+    state, logits = None, []
+    try:
+        for _ in range(timesteps):
+            out, state = module(images.to(dtype), state)
+            logits.append(out)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(logits), {k: torch.stack(v) for k, v in spikes.items()}
+
+
+@torch.no_grad()
+def model_spikes(model: SNN, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(per-step logits [T, B, classes], {LIF name: spikes [T, B, ...]}) of a PyTorch SNN."""
+    model.eval()
+    spikes: dict[str, list] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: spikes.setdefault(name, []).append(out))
+             for name, m in model.named_modules() if is_lif(m)]
+    try:
+        logits = model.forward_steps(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, {k: torch.cat(v) for k, v in spikes.items()}
+
+
+def compare_nir(graph, step: StepGraph, folded: SNN, images: torch.Tensor, simulate=simulate_nir) -> dict:
+    """Simulate the graph and the PyTorch model in float64; count spike and logit differences."""
+    reference = copy.deepcopy(folded).double()
+    ref_logits, ref_spikes = model_spikes(reference, images.double())
+    logits, spikes = simulate(graph, images, folded.macro.timesteps)
+    mismatched = {}
+    for nir_name, snn_name in step.lif_names.items():
+        if nir_name not in spikes:
+            raise ExportError(f"the NIR graph lost the LIF layer {snn_name}")
+        differ = int((spikes[nir_name] != ref_spikes[snn_name]).sum())
+        if differ:
+            mismatched[snn_name] = differ
+    return {
+        "images": len(images),
+        "lif_layers": len(step.lif_names),
+        "spikes": int(sum(s.sum() for s in ref_spikes.values())),
+        "mismatched_spikes": mismatched,
+        "max_logit_error": float((logits - ref_logits).abs().max()),
+    }
