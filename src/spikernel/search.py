@@ -1,30 +1,82 @@
-"""Training-free architecture search inside a kernel-size set (the method's step 3).
+"""Training-free architecture search inside a kernel-size set (the method's step 3), on Optuna.
 
-Candidates come from SNASNet's random sampler; each one's footprint is known before it is built,
-so over-budget candidates are recorded and never scored; repeated architectures reuse a score.
+Each candidate is an Optuna trial in a study. A study of N candidates has N *slots*; slot k is
+filled by exactly one finished trial, whichever worker ran it. The default sampler gives slot k
+the k-th cell of SNASNet's seeded random stream (``space.sample``), so a search of 1000 is the
+first 1000 slots of a search of 5000 with the same seed.
+
+How work is shared without loss or double counting, using only the storage's atomic operations:
+
+- a worker that finds a slot with no trial creates a WAITING trial for it; a worker takes a
+  WAITING trial by switching it to RUNNING, which the storage does for exactly one worker;
+- if two workers created trials for one slot at the same moment, the lower trial number wins and
+  the other is closed as ``superseded`` before anything is scored;
+- a running trial sends heartbeats; one whose worker was killed goes stale, is failed, and its
+  slot is empty again, so the next worker (or a rerun of the same command) redoes it.
+
+Footprints are analytic, so over-budget candidates are recorded and never built; a genotype
+already scored in the study reuses that score.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import random
+import socket
+import statistics
+import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import optuna
+import sqlalchemy
 import torch
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
 
-from .errors import ConfigError
+from . import __version__
+from .errors import ConfigError, SpikernelError
 from .memory import Budget, Footprint, footprint, min_footprint
 from .model import MacroConfig
-from .score import score_genotype
-from .space import Genotype, KernelSet, sample
+from .score import score_genotype, scoring_batches
+from .space import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
+from .storage import _atomic, write_json
 
-SCORED, OVER_BUDGET, DUPLICATE = "scored", "over_budget", "duplicate"
+SCORED, OVER_BUDGET, DUPLICATE, SUPERSEDED = "scored", "over_budget", "duplicate", "superseded"
+SAMPLERS = ("random", "tpe", "nsga2")
+DIRECTIONS = ("forward", "backward")
+SETTINGS_ATTR, SLOT_ATTR, RECORD_ATTR = "spikernel", "slot", "candidate"
+CSV_FIELDS = ["trial", "genotype", "params", "footprint_bytes", "score", "seconds", "status"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials, not one log line each
+
+
+class StorageError(SpikernelError):
+    """A study storage URL that cannot be opened."""
+
+
+class StudyClashError(SpikernelError):
+    """A study name already used with different search settings."""
+
+
+# --------------------------------------------------------------------------- candidates
 
 
 @dataclass
 class Candidate:
-    trial: int
+    trial: int  # the candidate's slot: its position in the seeded stream
     genotype: Genotype
     footprint: Footprint
     score: float | None = None
@@ -43,6 +95,13 @@ class Candidate:
         }
 
 
+def candidate_summary(c: Candidate, bits: int = 32) -> dict:
+    row = c.row(bits)
+    if row["score"] is not None and not math.isfinite(row["score"]):
+        row["score"] = None  # JSON has no -inf; the CSV keeps it
+    return {**row, "cell": c.genotype.cell_type, "footprint": asdict(c.footprint)}
+
+
 def check_budget_reachable(budget: Budget | None, macro: MacroConfig) -> None:
     """Fail before any scoring when even the smallest possible cell is over budget."""
     if budget is None:
@@ -53,48 +112,611 @@ def check_budget_reachable(budget: Budget | None, macro: MacroConfig) -> None:
         raise ConfigError(f"no candidate can meet the budget of {budget}: the smallest possible network has {have}")
 
 
-def random_search(kernel_set: KernelSet, cell: str, candidates: int, macro: MacroConfig,
-                  batches: list[torch.Tensor], budget: Budget | None = None, seed: int = 0,
-                  on_candidate: Callable[[Candidate], None] | None = None) -> list[Candidate]:
-    """Sample ``candidates`` cells (seeded), score those under budget, dedupe by canonical key."""
-    check_budget_reachable(budget, macro)
-    rng = np.random.default_rng(seed)
-    scored: dict[str, float] = {}
-    results = []
-    for trial in range(candidates):
-        genotype = sample(kernel_set, cell, rng)
-        candidate = Candidate(trial, genotype, footprint(genotype, macro))
-        started = time.perf_counter()
-        if budget is not None and not budget.fits(candidate.footprint):
-            candidate.status = OVER_BUDGET
-        elif genotype.key in scored:
-            candidate.score, candidate.status = scored[genotype.key], DUPLICATE
-        else:
-            candidate.score = scored[genotype.key] = score_genotype(genotype, macro, batches, seed=seed)
-        candidate.seconds = time.perf_counter() - started
-        results.append(candidate)
-        if on_candidate is not None:
-            on_candidate(candidate)
-    return results
-
-
 def best(candidates: Iterable[Candidate]) -> Candidate:
     """The highest-scoring candidate that was scored (over-budget ones never are)."""
     scored = [c for c in candidates if c.score is not None]
     if not scored:
         raise ConfigError("no candidate was scored: every sampled cell is over the budget")
-    return max(scored, key=lambda c: c.score)
+    return max(scored, key=lambda c: (c.score, -c.trial))
+
+
+def top_k(candidates: Iterable[Candidate], k: int) -> list[Candidate]:
+    """The ``k`` best distinct architectures (a repeated genotype appears once, at its first slot)."""
+    seen, top = set(), []
+    for c in sorted((c for c in candidates if c.score is not None), key=lambda c: (-c.score, c.trial)):
+        if c.genotype.key not in seen:
+            seen.add(c.genotype.key)
+            top.append(c)
+    return top[:k]
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Scored candidates not beaten by one that is both smaller and higher-scoring."""
+    """Scored candidates not beaten by one that is both smaller (stored values) and higher-scoring."""
     front, best_score = [], -float("inf")
-    for c in sorted((c for c in candidates if c.score is not None), key=lambda c: (c.footprint.params, -c.score)):
+    ordered = sorted((c for c in candidates if c.score is not None),
+                     key=lambda c: (c.footprint.stored_values, -c.score, c.trial))
+    for c in ordered:
         if c.score > best_score:
             front.append(c)
             best_score = c.score
     return front
 
 
-def candidate_summary(c: Candidate) -> dict:
-    return {**c.row(), "footprint": asdict(c.footprint)}
+# --------------------------------------------------------------------------- the cell as Optuna parameters
+#
+# SNASNet draws, per node pair, a direction (backward cells: 1/2 each) and then an operation
+# uniformly; the direct edge 0 -> 3 must be a non-zero forward edge (it resamples otherwise). The
+# parameters mirror that: ``op{i}{j}`` per pair and ``dir{i}{j}`` per pair of a backward cell, with
+# 0 -> 3 restricted to forward non-zero operations. Any Optuna sampler can then search the space.
+
+
+def _choices(kernel_set: KernelSet, pair: tuple[int, int]) -> tuple[int, ...]:
+    codes = kernel_set.op_codes
+    return tuple(c for c in codes if c != ZERO) if pair == (INPUT, OUTPUT) else codes
+
+
+def _has_direction(cell: str, pair: tuple[int, int]) -> bool:
+    return cell == "backward" and pair != (INPUT, OUTPUT)
+
+
+def search_space(kernel_set: KernelSet, cell: str) -> dict[str, CategoricalDistribution]:
+    space = {}
+    for i, j in PAIRS:
+        space[f"op{i}{j}"] = CategoricalDistribution(_choices(kernel_set, (i, j)))
+        if _has_direction(cell, (i, j)):
+            space[f"dir{i}{j}"] = CategoricalDistribution(DIRECTIONS)
+    return space
+
+
+def params_genotype(params: dict[str, Any]) -> Genotype:
+    """The (pruned) cell a set of parameters describes."""
+    rows = [[0] * NODES for _ in range(NODES)]
+    for i, j in PAIRS:
+        if params.get(f"dir{i}{j}") == "backward":
+            rows[j][i] = params[f"op{i}{j}"]
+        else:
+            rows[i][j] = params[f"op{i}{j}"]
+    return Genotype(tuple(map(tuple, rows))).pruned()
+
+
+def genotype_params(genotype: Genotype, cell: str) -> dict[str, Any]:
+    """The parameters ``params_genotype`` turns back into ``genotype`` (a pruned cell)."""
+    m, params = genotype.matrix, {}
+    for i, j in PAIRS:
+        params[f"op{i}{j}"] = m[i][j] or m[j][i]
+        if _has_direction(cell, (i, j)):
+            params[f"dir{i}{j}"] = "backward" if m[j][i] else "forward"
+    return params
+
+
+def suggest_genotype(trial: optuna.Trial, kernel_set: KernelSet, cell: str) -> Genotype:
+    """The cell a trial's sampler picks (or the one its parameters already name)."""
+    space = search_space(kernel_set, cell)
+    return params_genotype({name: trial.suggest_categorical(name, d.choices) for name, d in space.items()})
+
+
+class SnasnetSampler(optuna.samplers.BaseSampler):
+    """SNASNet's random sampling as an Optuna sampler: slot k gets the k-th cell of ``space.sample``.
+
+    The stream is seeded once, so it is the one ``spikernel sample --seed S`` prints, whatever
+    order workers fill the slots in, and a retried slot gets back the same cell.
+    """
+
+    def __init__(self, kernel_set: KernelSet, cell: str, seed: int):
+        self.kernel_set, self.cell = kernel_set, cell
+        self._rng = np.random.default_rng(seed)
+        self._stream: list[Genotype] = []
+
+    def genotype(self, slot: int) -> Genotype:
+        while len(self._stream) <= slot:
+            self._stream.append(sample(self.kernel_set, self.cell, self._rng))
+        return self._stream[slot]
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return genotype_params(self.genotype(trial.user_attrs[SLOT_ATTR]), self.cell)[param_name]
+
+
+def make_sampler(name: str, kernel_set: KernelSet, cell: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return SnasnetSampler(kernel_set, cell, seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+# --------------------------------------------------------------------------- what a study is
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Everything that decides which candidates a study draws and how they are scored.
+
+    Two workers (or a rerun) may share a study only with equal specs; ``scoring`` names the data
+    the scores come from, with a digest of the fixed scoring batches.
+    """
+
+    kernel_set: KernelSet
+    cell: str
+    candidates: int
+    macro: MacroConfig
+    budget: Budget | None = None
+    seed: int = 0
+    sampler: str = "random"
+    scoring: dict = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        if self.cell not in CELL_TYPES:
+            raise ConfigError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.candidates < 1:
+            raise ConfigError(f"a search needs at least one candidate, got {self.candidates}")
+
+    @property
+    def bits(self) -> int:
+        return self.budget.bits if self.budget else 32
+
+    @property
+    def directions(self) -> list[str]:
+        # NSGA-II trades score against memory; the others maximise the score alone.
+        return ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
+
+    def identity(self) -> dict:
+        return {
+            "kernels": self.kernel_set.name,
+            "cell": self.cell,
+            "candidates": self.candidates,
+            "macro": self.macro.to_dict(),
+            "budget": str(self.budget) if self.budget else None,
+            "bits": self.bits,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "scoring": dict(self.scoring),
+        }
+
+
+Scorer = Callable[[Genotype], float]
+
+
+def scoring_data(dataset, batch: int, repeats: int, seed: int) -> tuple[list[torch.Tensor], dict]:
+    """The fixed, seeded scoring batches (normalised) and a description with their digest.
+
+    Every candidate of a study, in every worker, is ranked on these same images.
+    """
+    try:
+        raw = scoring_batches(dataset.train.images, batch, repeats, seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    digest = hashlib.sha256()
+    for images in raw:
+        digest.update(images.numpy().tobytes())
+    about = {"dataset": dataset.name, "batch": batch, "repeats": repeats, "digest": digest.hexdigest()[:16]}
+    return [dataset.normalize(images) for images in raw], about
+
+
+def make_scorer(macro: MacroConfig, batches: Sequence[torch.Tensor], seed: int) -> Scorer:
+    """The one place a candidate is scored: SAHD on a freshly, reproducibly initialised network."""
+
+    def score(genotype: Genotype) -> float:
+        return score_genotype(genotype, macro, batches, seed=seed)
+
+    return score
+
+
+# --------------------------------------------------------------------------- storage and study
+
+
+def redact(url: str) -> str:
+    """A storage URL safe to print or save: the password hidden."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def open_storage(url: str | None, heartbeat: int | None = 10, attempts: int = 3) -> optuna.storages.BaseStorage:
+    """An Optuna storage: in memory for ``None``, else any RDB URL (SQLite, PostgreSQL, MySQL)."""
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    # SQLite shared by local workers: wait for the lock instead of failing at once.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat)
+            if url.startswith("sqlite"):
+                _write_ahead_log(storage.engine)
+            return storage
+        except sqlalchemy.exc.DBAPIError as exc:
+            # Workers starting together on a new database race to create Optuna's tables; the
+            # loser's error goes away on a second try. A refused connection stays refused.
+            if attempt == attempts:
+                raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc.orig or exc)}") from None
+            time.sleep(0.5 * attempt)
+        except Exception as exc:  # a malformed URL or a missing driver: no point retrying
+            hint = " (PostgreSQL needs pip install 'spikernel[postgres]')" if isinstance(exc, ImportError) else ""
+            raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}{hint}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _write_ahead_log(engine) -> None:
+    """SQLite in WAL mode with normal sync: a commit costs no fsync, and what was committed
+    survives a killed process (a power cut may lose the last few trials, which are then redone)."""
+
+    def pragmas(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened while Optuna set up the schema reconnect with the pragmas
+
+
+def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Create the study, or load it and check it was made with the same spec (else touch nothing)."""
+    sampler = make_sampler(spec.sampler, spec.kernel_set, spec.cell, spec.seed)
+    wanted = _jsonable(spec.identity())
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=spec.directions)
+        study.set_user_attr(SETTINGS_ATTR, wanted)
+        return study
+    except DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    have = _await_settings(study)
+    if have is None:  # an empty study nobody claimed (its creator died before saying what it is)
+        study.set_user_attr(SETTINGS_ATTR, wanted)
+        return study
+    if have != wanted:
+        key = next(k for k in wanted if have.get(k) != wanted.get(k))
+        raise StudyClashError(
+            f"study {name!r} already exists with {key}={_short(have.get(key))}, not {_short(wanted[key])}: "
+            "rerun with its settings, or pick another --study or --out"
+        )
+    return study
+
+
+def _await_settings(study: optuna.Study, wait: float = 5.0) -> dict | None:
+    """The study's spec; a worker that lost the creation race waits for the winner to write it."""
+    deadline = time.monotonic() + wait
+    while True:
+        have = study.user_attrs.get(SETTINGS_ATTR)
+        if have is not None:
+            return have
+        if study.get_trials(deepcopy=False):
+            raise StudyClashError(f"study {study.study_name!r} exists and was not made by spikernel search")
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _jsonable(data):
+    return json.loads(json.dumps(data))
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------- the slots of a study
+
+
+@dataclass
+class Slots:
+    """A study's trials grouped by slot: each slot's owner is its lowest-numbered trial that is
+    waiting, running or finished (failed and superseded trials own nothing)."""
+
+    total: int
+    owner: dict[int, FrozenTrial] = field(default_factory=dict)
+    waiting: list[FrozenTrial] = field(default_factory=list)
+    running: int = 0
+    failed: int = 0
+    superseded: int = 0
+    workers: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, trials: Iterable[FrozenTrial], total: int) -> Slots:
+        slots = cls(total)
+        for t in sorted(trials, key=lambda t: t.number):
+            slot = t.user_attrs.get(SLOT_ATTR)
+            if slot is None:
+                continue  # not one of ours
+            if t.state == TrialState.FAIL:
+                slots.failed += 1
+                continue
+            record = t.user_attrs.get(RECORD_ATTR, {})
+            if "worker" in record:
+                slots.workers.add(record["worker"])
+            if record.get("status") == SUPERSEDED:
+                slots.superseded += 1
+                continue
+            slots.owner.setdefault(slot, t)
+            if t.state == TrialState.WAITING:
+                slots.waiting.append(t)
+            elif t.state == TrialState.RUNNING:
+                slots.running += 1
+        return slots
+
+    def missing(self) -> list[int]:
+        return [k for k in range(self.total) if k not in self.owner]
+
+    def done(self) -> list[FrozenTrial]:
+        return [t for k, t in sorted(self.owner.items()) if t.state.is_finished() and k < self.total]
+
+    def scores(self) -> dict[str, float]:
+        """Genotype key -> score for every finished, scored candidate (to reuse, not recompute)."""
+        scores = {}
+        for t in self.done():
+            record = t.user_attrs.get(RECORD_ATTR, {})
+            if record.get("status") in (SCORED, DUPLICATE):
+                scores.setdefault(record["key"], record["score"])
+        return scores
+
+
+@contextmanager
+def heartbeat(storage, trial_id: int, interval: int | None):
+    """Tell the storage this trial's worker is alive, every ``interval`` seconds, while it runs."""
+    if interval is None or not hasattr(storage, "record_heartbeat"):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Search:
+    """One worker on a study: fills empty slots until every slot has a finished candidate."""
+
+    def __init__(self, study: optuna.Study, storage, spec: SearchSpec, score: Scorer,
+                 on_candidate: Callable[[Candidate], None] | None = None, poll: float = 1.0):
+        self.study, self.storage, self.spec, self.score = study, storage, spec, score
+        self.on_candidate = on_candidate
+        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.poll = float(self.interval or poll)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._random = random.Random()  # seeded from the OS: differs between workers
+        self.ran = 0  # candidates this worker finished
+        self.slots = Slots(spec.candidates)
+
+    def view(self) -> Slots:
+        self.slots = Slots.of(self.study.get_trials(deepcopy=False), self.spec.candidates)
+        return self.slots
+
+    def run(self) -> list[Candidate]:
+        while True:
+            slots = self.view()
+            claimed = next((t for t in slots.waiting if self._claim(t)), None)
+            if claimed is not None:
+                self._run_trial(claimed)
+                continue  # look again: other workers may have moved meanwhile
+            missing = slots.missing()
+            if missing:
+                self.study.add_trial(self._template(self._pick(missing, slots)))
+            elif slots.running:
+                # Another worker is busy, or a killed one has not gone stale yet: wait, then check.
+                time.sleep(self.poll)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
+            else:
+                return collect(self.study.get_trials(deepcopy=False), self.spec)
+
+    def _pick(self, missing: list[int], slots: Slots) -> int:
+        """The next empty slot to fill: the lowest, or, once other workers are seen, one of the
+        lowest few at random, so that two workers rarely pick the same one at the same moment."""
+        others = max(slots.running, len(slots.workers - {self.worker}))
+        return missing[0] if not others else self._random.choice(missing[: 8 * (others + 1)])
+
+    def _template(self, slot: int) -> FrozenTrial:
+        """A waiting trial for ``slot``; with SNASNet's sampler its cell is known now, so its
+        parameters go in with it (one write instead of one per parameter)."""
+        params, space = {}, {}
+        if isinstance(self.study.sampler, SnasnetSampler):
+            params = genotype_params(self.study.sampler.genotype(slot), self.spec.cell)
+            space = search_space(self.spec.kernel_set, self.spec.cell)
+        return optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=space,
+                                         user_attrs={SLOT_ATTR: slot})
+
+    def _claim(self, trial: FrozenTrial) -> bool:
+        """Take a waiting trial; the storage lets exactly one worker switch it to RUNNING."""
+        if self.interval is not None:
+            # Beat first: if this worker dies right after the switch, the trial still goes stale.
+            self.storage.record_heartbeat(trial._trial_id)
+        try:
+            return self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+        except UpdateFinishedTrialError:
+            return False
+
+    def _run_trial(self, frozen: FrozenTrial) -> None:
+        trial = Trial(self.study, frozen._trial_id)
+        slot = frozen.user_attrs[SLOT_ATTR]
+        with heartbeat(self.storage, frozen._trial_id, self.interval):
+            try:
+                slots = self.view()
+                if slots.owner.get(slot) is None or slots.owner[slot].number != frozen.number:
+                    # Another worker made a trial for this slot first; it keeps the slot.
+                    trial.set_user_attr(RECORD_ATTR, {"status": SUPERSEDED, "worker": self.worker})
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                    return
+                candidate = self._evaluate(trial, slot, slots.scores())
+                record = {**candidate.row(self.spec.bits), "key": candidate.genotype.key, "worker": self.worker}
+                trial.set_user_attr(RECORD_ATTR, record)
+                if candidate.status == OVER_BUDGET:
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                else:
+                    values = [candidate.score, candidate.footprint.bytes(self.spec.bits)]
+                    self.study.tell(trial, values[: len(self.spec.directions)])
+            except UpdateFinishedTrialError:
+                return  # this worker was presumed dead and its trial failed; the slot is redone elsewhere
+            except BaseException:
+                self.study.tell(trial, state=TrialState.FAIL)  # the slot is empty again for a rerun
+                raise
+        self.ran += 1
+        if self.on_candidate is not None:
+            self.on_candidate(candidate)
+
+    def _evaluate(self, trial: Trial, slot: int, scores: dict[str, float]) -> Candidate:
+        genotype = suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
+        candidate = Candidate(slot, genotype, footprint(genotype, self.spec.macro))
+        started = time.perf_counter()
+        if self.spec.budget is not None and not self.spec.budget.fits(candidate.footprint):
+            candidate.status = OVER_BUDGET
+        elif genotype.key in scores:
+            candidate.score, candidate.status = scores[genotype.key], DUPLICATE
+        else:
+            score = float(self.score(genotype))
+            candidate.score = -math.inf if math.isnan(score) else score  # degenerate kernel: worst, not failed
+        candidate.seconds = time.perf_counter() - started
+        return candidate
+
+
+def collect(trials: Iterable[FrozenTrial], spec: SearchSpec) -> list[Candidate]:
+    """The study's candidates in slot order: one per finished slot."""
+    candidates = []
+    for t in Slots.of(trials, spec.candidates).done():
+        record = t.user_attrs[RECORD_ATTR]
+        genotype = Genotype.parse(record["genotype"])
+        candidates.append(Candidate(record["trial"], genotype, footprint(genotype, spec.macro),
+                                    record["score"], record["seconds"], record["status"]))
+    return candidates
+
+
+def random_search(kernel_set: KernelSet, cell: str, candidates: int, macro: MacroConfig,
+                  batches: list[torch.Tensor], budget: Budget | None = None, seed: int = 0,
+                  on_candidate: Callable[[Candidate], None] | None = None) -> list[Candidate]:
+    """SNASNet's random search in memory (no storage): ``candidates`` seeded cells, budget-filtered, deduped."""
+    check_budget_reachable(budget, macro)
+    spec = SearchSpec(KernelSet.parse(kernel_set), cell, candidates, macro, budget, seed)
+    storage = open_storage(None)
+    study = open_study(spec, storage, "random-search")
+    return Search(study, storage, spec, make_scorer(macro, batches, seed), on_candidate).run()
+
+
+# --------------------------------------------------------------------------- time and the 1000 vs 5000 question
+
+
+def scoring_cost(candidates: Sequence[Candidate], scored_seconds: dict[str, float]) -> float:
+    """Seconds a search of exactly these candidates spends, run alone in slot order.
+
+    A genotype's first appearance costs its scoring time (wherever in the study it was scored);
+    repeats and over-budget candidates cost what they cost (a lookup).
+    """
+    seen, total = set(), 0.0
+    for c in sorted(candidates, key=lambda c: c.trial):
+        if c.score is not None and c.genotype.key not in seen:
+            seen.add(c.genotype.key)
+            total += scored_seconds.get(c.genotype.key, c.seconds)
+        else:
+            total += c.seconds
+    return total
+
+
+def compare_prefix(candidates: Sequence[Candidate], at: int, bits: int = 32) -> dict:
+    """What a search of the first ``at`` slots (same seed stream) would have cost and picked."""
+    scored_seconds = {c.genotype.key: c.seconds for c in candidates if c.status == SCORED}
+    prefix = [c for c in candidates if c.trial < at]
+    full_time, prefix_time = scoring_cost(candidates, scored_seconds), scoring_cost(prefix, scored_seconds)
+    report = {"candidates": [at, len(candidates)], "seconds": [round(prefix_time, 3), round(full_time, 3)],
+              "speedup": round(full_time / prefix_time, 3) if prefix_time > 0 else None}
+    if any(c.score is not None for c in prefix):
+        pick, pick_full = best(prefix), best(candidates)
+        ranking = [c.genotype.key for c in top_k(candidates, len(candidates))]
+        report.update(pick=candidate_summary(pick, bits), pick_full=candidate_summary(pick_full, bits),
+                      pick_changed=pick.genotype.key != pick_full.genotype.key,
+                      rank_of_pick_in_full=ranking.index(pick.genotype.key) + 1)
+    return report
+
+
+def time_report(trials: Sequence[FrozenTrial], candidates: Sequence[Candidate]) -> dict:
+    """Per-candidate and total time, and the study's own wall time from its trials' timestamps."""
+    scored = [c.seconds for c in candidates if c.status == SCORED]
+    finished = [t for t in trials if t.datetime_start and t.datetime_complete]
+    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() \
+        if finished else 0.0
+    return {
+        "scoring_seconds_total": round(sum(scored), 3),
+        "seconds_per_scored_candidate": {
+            "mean": round(statistics.fmean(scored), 4), "median": round(statistics.median(scored), 4),
+            "min": round(min(scored), 4), "max": round(max(scored), 4),
+        } if scored else None,
+        "study_wall_seconds": round(span, 3),
+        "candidates_per_second": round(len(candidates) / span, 4) if span > 0 else None,
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def counts(candidates: Sequence[Candidate]) -> dict:
+    return {status: sum(c.status == status for c in candidates) for status in (SCORED, DUPLICATE, OVER_BUDGET)}
+
+
+def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) -> dict:
+    """Best under budget (None when every sampled cell was over it), top-k and the Pareto front."""
+    scored = any(c.score is not None for c in candidates)
+    return {
+        "budget": str(spec.budget) if spec.budget else None,
+        "bits": spec.bits,
+        "best": candidate_summary(best(candidates), spec.bits) if scored else None,
+        "top": [candidate_summary(c, spec.bits) for c in top_k(candidates, top)],
+        "pareto_front": [candidate_summary(c, spec.bits) for c in pareto_front(candidates)],
+    }
+
+
+def versions() -> dict:
+    import click
+    import spikingjelly
+
+    return {"spikernel": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "optuna": optuna.__version__, "numpy": np.__version__,
+            "spikingjelly": getattr(spikingjelly, "__version__", "2.0"), "click": click.__version__}
+
+
+def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int) -> None:
+    """One row per candidate slot, written atomically like every run-folder file."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for c in candidates:
+        writer.writerow({k: ("" if v is None else v) for k, v in c.row(bits).items()})
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_outputs(out: Path, spec: SearchSpec, candidates: Sequence[Candidate], about: dict, top: int = 10) -> dict:
+    """``candidates.csv``, ``selection.json`` and, last (it marks a finished search), ``search.json``."""
+    out = Path(out)
+    write_candidates_csv(out / "candidates.csv", candidates, spec.bits)
+    chosen = selection(candidates, spec, top)
+    write_json(out / "selection.json", chosen)
+    report = {"spikernel": __version__, "settings": spec.identity(), "counts": counts(candidates), **about,
+              "versions": versions()}
+    write_json(out / "search.json", report)
+    return {"selection": chosen, "search": report}

@@ -1,0 +1,134 @@
+"""``spikernel search``: memory-aware, resumable, multi-worker training-free search (Optuna)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..data import DEFAULT_DATASET, load_dataset
+from ..errors import ConfigError
+from ..memory import Budget
+from ..model import get_preset
+from ..pipeline import progress_bar
+from ..search import (SAMPLERS, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
+                      open_storage, open_study, redact, scoring_data, time_report, write_outputs)
+from . import main
+from .options import BITS, CELL, KERNELS, PRESET
+
+
+@main.command()
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="fashion-mnist-mini (embedded) or fashion-mnist.")
+@click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files.")
+@click.option("--kernels", "-k", type=KERNELS, default="1x1_3x3", show_default=True,
+              help="Kernel-size set: a preset name (1x1_3x3_5x5) or odd sizes (1,3,9).")
+@click.option("--candidates", "-n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Cells to sample (SpiKernel 1000, SNASNet 5000).")
+@click.option("--budget", help="Memory limit: parameters (500K, 10M) or bytes at --bits (800KB, 8MB).")
+@click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
+@click.option("--cell", type=CELL, default="backward", show_default=True)
+@click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per scoring batch.")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Scoring batches (averaged).")
+@click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the preset's timesteps T.")
+@click.option("--preset", "-p", type=PRESET, default="fmnist-small", show_default=True, help="Macro-architecture preset.")
+@click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the cell stream, scoring batches and weights.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
+              help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint).")
+@click.option("--storage", help="Optuna RDB URL shared by workers (postgresql://...) [sqlite in --out].")
+@click.option("--study", "study_name", default="search", show_default=True, help="Study name inside the storage.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between a running candidate's heartbeats; a killed one is redone after twice this.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates in selection.json's top list.")
+@click.option("--compare-at", type=click.IntRange(min=1),
+              help="Also report what the first N candidates of the same seed stream cost and picked (e.g. 1000 of 5000).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
+           seed, sampler, storage, study_name, heartbeat, top, compare_at):
+    """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
+    started = time.perf_counter()
+    bits = int(bits)
+    budget = Budget.parse(budget, bits) if budget and budget.lower() != "none" else None
+    if compare_at is not None and compare_at >= candidates:
+        raise ConfigError(f"--compare-at {compare_at} must be below --candidates {candidates}")
+    data = load_dataset(dataset, data_dir)
+    macro = get_preset(preset, width=width, timesteps=timesteps, in_channels=data.in_channels,
+                       image_size=data.image_size, num_classes=data.num_classes)
+    check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
+    batches, scoring = scoring_data(data, batch, repeats, seed)
+    spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
+
+    if storage is None:
+        out.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{out.resolve() / 'study.db'}"
+    store = open_storage(storage, heartbeat)
+    study = open_study(spec, store, study_name)
+
+    console = Console(stderr=True)
+    engine = Search(study, store, spec, make_scorer(macro, batches, seed))
+    first = engine.view()
+    top_score = [max(first.scores().values(), default=None)]
+    with progress_bar(console) as progress:
+        task = progress.add_task("search", total=candidates, completed=len(first.done()), info="")
+
+        def on_candidate(c):
+            if c.score is not None and (top_score[0] is None or c.score > top_score[0]):
+                top_score[0] = c.score
+            rate = engine.ran / (time.perf_counter() - started)
+            best = f" · best {top_score[0]:.3f}" if top_score[0] is not None else ""
+            progress.update(task, completed=len(engine.slots.done()) + 1, info=f"{rate:.2f} cand/s{best}")
+
+        engine.on_candidate = on_candidate
+        found = engine.run()
+        progress.update(task, completed=len(found))
+
+    wall = time.perf_counter() - started
+    about = {
+        "study": {"name": study_name, "storage": redact(storage), "failed_attempts": engine.slots.failed,
+                  "superseded": engine.slots.superseded},
+        "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
+                     "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
+        "time": time_report(study.get_trials(deepcopy=False), found),
+        "compare": compare_prefix(found, compare_at, spec.bits) if compare_at else None,
+    }
+    result = write_outputs(out, spec, found, about, top)
+    Console().print(summary_table(result, out))
+
+
+def summary_table(result: dict, out: Path) -> Table:
+    report, chosen = result["search"], result["selection"]
+    settings, counts, timing = report["settings"], report["counts"], report["time"]
+    table = Table(title="spikernel search", show_header=False)
+    per = timing["seconds_per_scored_candidate"]
+    rows = [
+        ("kernel set", f"{settings['kernels']} ({settings['cell']} cells, sampler {settings['sampler']})"),
+        ("budget", chosen["budget"] or "none"),
+        ("candidates", f"{sum(counts.values())}: {counts['scored']} scored, {counts['duplicate']} repeats reused, "
+                       f"{counts['over_budget']} over budget"),
+        ("this run", f"{report['this_run']['candidates']} candidates in {report['this_run']['wall_seconds']:.1f} s "
+                     f"({report['this_run']['candidates_per_second']:.2f}/s)"),
+        ("scoring time", f"{timing['scoring_seconds_total']:.1f} s total"
+                         + (f", {per['mean']:.3f} s per scored candidate" if per else "")),
+    ]
+    if chosen["best"]:
+        b = chosen["best"]
+        rows += [("best", f"{b['genotype']} (trial {b['trial']}, {b['cell']})"),
+                 ("score", f"{b['score']:.4f}" if b["score"] is not None else "-inf"),
+                 ("footprint", f"{b['params']:,} parameters, {b['footprint_bytes']:,} bytes at {chosen['bits']} bits"),
+                 ("pareto front", f"{len(chosen['pareto_front'])} candidates")]
+    else:
+        rows.append(("best", "none: every sampled cell is over the budget"))
+    compare = report.get("compare")
+    if compare:
+        at, n = compare["candidates"]
+        t_at, t_n = compare["seconds"]
+        rows.append((f"{at} vs {n}", f"{t_at:.1f} s vs {t_n:.1f} s scoring"
+                     + (f"; pick changed: {'yes' if compare['pick_changed'] else 'no'} "
+                        f"(the {at}-pick ranks #{compare['rank_of_pick_in_full']} of {n})" if "pick" in compare else "")))
+    rows.append(("files", f"{out}/candidates.csv, selection.json, search.json"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
