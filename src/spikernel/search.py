@@ -35,6 +35,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -692,12 +693,13 @@ def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) 
 
 
 def versions() -> dict:
-    import click
-    import spikingjelly
-
-    return {"spikernel": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "optuna": optuna.__version__, "numpy": np.__version__,
-            "spikingjelly": getattr(spikingjelly, "__version__", "2.0"), "click": click.__version__}
+    installed = {}
+    for name in ("torch", "optuna", "numpy", "spikingjelly", "sqlalchemy", "click"):
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed[name] = None
+    return {"spikernel": __version__, "python": platform.python_version(), **installed}
 
 
 def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int) -> None:
