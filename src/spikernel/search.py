@@ -33,7 +33,7 @@ import statistics
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -578,7 +578,8 @@ class Search:
             except UpdateFinishedTrialError:
                 return  # this worker was presumed dead and its trial failed; the slot is redone elsewhere
             except BaseException:
-                self.study.tell(trial, state=TrialState.FAIL)  # the slot is empty again for a rerun
+                with suppress(UpdateFinishedTrialError):
+                    self.study.tell(trial, state=TrialState.FAIL)  # the slot is empty again for a rerun
                 raise
         self.ran += 1
         if self.on_candidate is not None:
@@ -640,13 +641,25 @@ def scoring_cost(candidates: Sequence[Candidate], scored_seconds: dict[str, floa
     return total
 
 
-def compare_prefix(candidates: Sequence[Candidate], at: int, bits: int = 32) -> dict:
-    """What a search of the first ``at`` slots (same seed stream) would have cost and picked."""
+def compare_prefix(candidates: Sequence[Candidate], at: int, bits: int = 32,
+                   trials: Sequence[FrozenTrial] = ()) -> dict:
+    """What a search of the first ``at`` slots (same seed stream) would have cost and picked.
+
+    The first ``at`` slots of the stream *are* that smaller search, so one run answers both:
+    ``seconds`` counts scoring time (independent of worker order), ``wall_seconds`` when the
+    prefix was complete as it happened (a single worker fills slots in order).
+    """
     scored_seconds = {c.genotype.key: c.seconds for c in candidates if c.status == SCORED}
     prefix = [c for c in candidates if c.trial < at]
     full_time, prefix_time = scoring_cost(candidates, scored_seconds), scoring_cost(prefix, scored_seconds)
     report = {"candidates": [at, len(candidates)], "seconds": [round(prefix_time, 3), round(full_time, 3)],
               "speedup": round(full_time / prefix_time, 3) if prefix_time > 0 else None}
+    finished = [t for t in trials if t.state.is_finished() and t.datetime_start and t.datetime_complete
+                and t.user_attrs.get(RECORD_ATTR, {}).get("status") not in (None, SUPERSEDED)]
+    if finished:
+        start = min(t.datetime_start for t in finished)
+        until = lambda ts: round((max(t.datetime_complete for t in ts) - start).total_seconds(), 3)  # noqa: E731
+        report["wall_seconds"] = [until([t for t in finished if t.user_attrs[SLOT_ATTR] < at]), until(finished)]
     if any(c.score is not None for c in prefix):
         pick, pick_full = best(prefix), best(candidates)
         ranking = [c.genotype.key for c in top_k(candidates, len(candidates))]

@@ -86,13 +86,14 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
         progress.update(task, completed=len(found))
 
     wall = time.perf_counter() - started
+    trials = study.get_trials(deepcopy=False)
     about = {
         "study": {"name": study_name, "storage": redact(storage), "failed_attempts": engine.slots.failed,
                   "superseded": engine.slots.superseded},
         "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
                      "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
-        "time": time_report(study.get_trials(deepcopy=False), found),
-        "compare": compare_prefix(found, compare_at, spec.bits) if compare_at else None,
+        "time": time_report(trials, found),
+        "compare": compare_prefix(found, compare_at, spec.bits, trials) if compare_at else None,
     }
     result = write_outputs(out, spec, found, about, top)
     Console().print(summary_table(result, out))
