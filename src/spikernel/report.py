@@ -1,0 +1,303 @@
+"""Tables and figures of an exploration, from what is stored alone (the method's steps 1 and 4).
+
+Input is a ``Study``: per kernel set, the search's candidate rows and the trained candidates'
+rows. Nothing here trains or scores; a half-finished study reports what exists and lists what is
+missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from scipy.stats import kendalltau, spearmanr  # noqa: E402
+
+FIGURE_FORMATS = ("png", "svg")
+
+
+@dataclass
+class KernelSetResult:
+    kernel_set: str
+    candidates: list[dict] = field(default_factory=list)  # search rows: genotype, params, footprint_bytes, score, status
+    trained: list[dict] = field(default_factory=list)  # genotype, params, footprint_bytes, score, test_acc
+    search_seconds: float | None = None
+
+    @property
+    def scored(self) -> list[dict]:
+        return [c for c in self.candidates if _finite(c.get("score"))]
+
+    def best_trained(self, limit: float | None = None, cost_key: str = "params") -> dict | None:
+        rows = [r for r in self.trained if limit is None or r[cost_key] <= limit]
+        return max(rows, key=lambda r: r["test_acc"], default=None)
+
+
+@dataclass
+class Study:
+    settings: dict
+    results: list[KernelSetResult]
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def cost_key(self) -> str:
+        """Budgets in bytes compare footprints at the study's bits; parameter budgets compare params."""
+        return "footprint_bytes" if self.settings.get("budget_unit") == "bytes" else "params"
+
+    @property
+    def cost_label(self) -> str:
+        if self.cost_key == "params":
+            return "parameters"
+        return f"footprint at {self.settings.get('bits', 32)} bits (bytes)"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def pareto(rows: list[dict], cost: str, value: str) -> list[dict]:
+    """Rows not beaten by one that costs no more and scores higher; sorted by cost."""
+    front, best = [], -math.inf
+    for row in sorted(rows, key=lambda r: (r[cost], -r[value])):
+        if row[value] > best:
+            front.append(row)
+            best = row[value]
+    return front
+
+
+def rank_agreement(rows: list[dict]) -> tuple[float, float, int]:
+    """Kendall tau and Spearman rho of training-free score vs trained accuracy (nan below 3 rows)."""
+    rows = [r for r in rows if _finite(r.get("score")) and _finite(r.get("test_acc"))]
+    if len(rows) < 3:
+        return math.nan, math.nan, len(rows)
+    scores, accs = [r["score"] for r in rows], [r["test_acc"] for r in rows]
+    return float(kendalltau(scores, accs).statistic), float(spearmanr(scores, accs).statistic), len(rows)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def main_table(study: Study) -> list[dict]:
+    rows = []
+    for r in study.results:
+        best = r.best_trained(study.settings.get("budget_limit"), study.cost_key)
+        rows.append({
+            "kernel set": r.kernel_set,
+            "best genotype": best["genotype"] if best else "-",
+            "parameters": best["params"] if best else None,
+            f"footprint {study.settings.get('bits', 32)}-bit (KB)": round(best["footprint_bytes"] / 1e3, 1) if best else None,
+            "test accuracy": best["test_acc"] if best else None,
+            "score": best["score"] if best else None,
+            "search time (s)": round(r.search_seconds, 1) if r.search_seconds is not None else None,
+            "candidates scored": len(r.scored),
+        })
+    return rows
+
+
+def budget_table(study: Study, limits: list[float]) -> list[dict]:
+    """The best trained network at each budget, across kernel sets."""
+    rows = []
+    for limit in limits:
+        picks = [(r.kernel_set, r.best_trained(limit, study.cost_key)) for r in study.results]
+        picks = [(name, row) for name, row in picks if row is not None]
+        name, row = max(picks, key=lambda p: p[1]["test_acc"], default=(None, None))
+        rows.append({
+            "budget": limit,
+            "kernel set": name or "none fits",
+            "genotype": row["genotype"] if row else "-",
+            "cost": row[study.cost_key] if row else None,
+            "test accuracy": row["test_acc"] if row else None,
+        })
+    return rows
+
+
+def default_budgets(study: Study) -> list[float]:
+    """Three budgets spanning the trained networks' costs, plus the study's own budget."""
+    costs = sorted(r[study.cost_key] for res in study.results for r in res.trained)
+    if not costs:
+        return []
+    picks = {costs[0], costs[len(costs) // 2], costs[-1]}
+    if study.settings.get("budget_limit"):
+        picks.add(study.settings["budget_limit"])
+    return sorted(picks)
+
+
+def correlation_table(study: Study) -> list[dict]:
+    rows = []
+    for r in study.results:
+        tau, rho, n = rank_agreement(r.trained)
+        rows.append({"kernel set": r.kernel_set, "trained": n, "kendall tau": tau, "spearman rho": rho})
+    everything = [row for r in study.results for row in r.trained]
+    tau, rho, n = rank_agreement(everything)
+    rows.append({"kernel set": "all", "trained": n, "kendall tau": tau, "spearman rho": rho})
+    return rows
+
+
+def ablation_table(study: Study, sizes: list[int]) -> list[dict]:
+    """Searching only the first n candidates of the same seeded stream: time and pick per set."""
+    rows = []
+    for r in study.results:
+        trained = {t["genotype"]: t for t in r.trained}
+        for n in sizes:
+            prefix = r.candidates[:n]
+            if len(prefix) < n:
+                continue
+            scored = [c for c in prefix if _finite(c.get("score"))]
+            pick = max(scored, key=lambda c: c["score"], default=None)
+            acc = trained.get(pick["genotype"], {}).get("test_acc") if pick else None
+            rows.append({
+                "kernel set": r.kernel_set, "candidates": n,
+                "search time (s)": round(sum(c.get("seconds") or 0.0 for c in prefix), 1),
+                "pick": pick["genotype"] if pick else "-",
+                "pick accuracy": acc,
+            })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "_nothing stored yet_\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[h]) for h in header) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if 0 <= value <= 1 and value != int(value):
+            return f"{value:.4f}"
+        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _colours(study: Study) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {r.kernel_set: cmap(i % 10) for i, r in enumerate(study.results)}
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = []
+    for fmt in FIGURE_FORMATS:
+        path = out / f"{name}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def accuracy_memory_figure(study: Study, out: Path) -> list[Path]:
+    colours, cost = _colours(study), study.cost_key
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in study.results:
+        if r.trained:
+            ax.scatter([t[cost] for t in r.trained], [100 * t["test_acc"] for t in r.trained],
+                       color=colours[r.kernel_set], label=r.kernel_set, alpha=0.85, edgecolor="k", linewidth=0.4)
+    front = pareto([t for r in study.results for t in r.trained], cost, "test_acc")
+    if front:
+        ax.step([f[cost] for f in front], [100 * f["test_acc"] for f in front], where="post", color="0.3",
+                linestyle="--", linewidth=1, label="Pareto front")
+    if study.settings.get("budget_limit"):
+        ax.axvline(study.settings["budget_limit"], color="crimson", linewidth=1, label="budget")
+    ax.set_xlabel(study.cost_label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs memory")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "accuracy_vs_memory")
+
+
+def score_accuracy_figure(study: Study, out: Path) -> list[Path]:
+    colours = _colours(study)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in study.results:
+        tau, rho, n = rank_agreement(r.trained)
+        rows = [t for t in r.trained if _finite(t.get("score"))]
+        if rows:
+            label = f"{r.kernel_set} (tau {tau:.2f}, rho {rho:.2f})" if n >= 3 else r.kernel_set
+            ax.scatter([t["score"] for t in rows], [100 * t["test_acc"] for t in rows], color=colours[r.kernel_set],
+                       label=label, edgecolor="k", linewidth=0.4)
+    ax.set_xlabel("training-free score (log|det K|)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Does the score rank architectures?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "score_vs_accuracy")
+
+
+def search_space_figure(study: Study, out: Path) -> list[Path]:
+    """Every scored candidate: score vs parameters, per kernel set (no training needed)."""
+    colours = _colours(study)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in study.results:
+        rows = r.scored
+        if rows:
+            ax.scatter([c["params"] for c in rows], [c["score"] for c in rows], s=10, alpha=0.6,
+                       color=colours[r.kernel_set], label=f"{r.kernel_set} ({len(rows)})")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("training-free score")
+    ax.set_title("Search: score vs size of every candidate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "search_score_vs_params")
+
+
+def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name in dict.fromkeys(r["kernel set"] for r in rows):
+        mine = [r for r in rows if r["kernel set"] == name]
+        ax.plot([r["candidates"] for r in mine], [r["search time (s)"] for r in mine], marker="o", label=name)
+    ax.set_xlabel("candidates searched")
+    ax.set_ylabel("search time (s)")
+    ax.set_title("Search iterations: time (picks in report.md)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "ablation_search_time")
+
+
+def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = None) -> dict:
+    """Write report.md and the figures into ``out``; return the main table and what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if any(r.trained for r in study.results):
+        figures += accuracy_memory_figure(study, out)
+        figures += score_accuracy_figure(study, out)
+    if any(r.scored for r in study.results):
+        figures += search_space_figure(study, out)
+    sizes = ablation_sizes or study.settings.get("ablation") or []
+    ablation = ablation_table(study, sizes)
+    if ablation:
+        figures += ablation_figure(ablation, out)
+    table = main_table(study)
+    s = study.settings
+    parts = [
+        "# spikernel exploration report\n",
+        f"Dataset `{s.get('dataset')}`, preset `{s.get('preset')}`, {s.get('cell')} cells, "
+        f"{s.get('candidates')} candidates per kernel set, top-{s.get('top_k')} trained for "
+        f"{s.get('epochs')} epochs; budget: {s.get('budget') or 'none'}.\n",
+        "## Best network per kernel set\n", markdown(table),
+        "![accuracy vs memory](accuracy_vs_memory.png)\n" if any(r.trained for r in study.results) else "",
+        "## Budget analysis\n", markdown(budget_table(study, default_budgets(study))),
+        "## Training-free score vs trained accuracy\n", markdown(correlation_table(study)),
+        "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",
+        "## Search-iteration ablation\n",
+        "Each row searches only the first n candidates of the same seeded stream.\n\n", markdown(ablation),
+        "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if any(r.scored for r in study.results) else "",
+    ]
+    if study.missing:
+        parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
+    (out / "report.md").write_text("\n".join(parts))
+    return {"table": table, "figures": [str(p) for p in figures], "missing": study.missing}
