@@ -157,6 +157,31 @@ def test_repeated_genotypes_reuse_the_score(tiny):
     assert Counter(c.status for c in found)[DUPLICATE] == len(keys) - len(set(keys))
 
 
+def test_interrupted_candidate_is_failed_and_redone(tiny, tmp_path):
+    """Ctrl-C (or any error) mid-score fails that trial; the same search again fills its slot once."""
+    macro, batches, _ = tiny
+    spec = SearchSpec(KernelSet.parse("1x1_3x3"), "backward", 6, macro)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    real = make_scorer(macro, batches, 0)
+
+    def interrupted(genotype, calls=[]):
+        calls.append(genotype)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(genotype)
+
+    with pytest.raises(KeyboardInterrupt):
+        search(spec, interrupted, url)
+    scorer = Counting(macro, batches)
+    found, study = search(spec, scorer, url)
+    states = Counter(t.state.name for t in study.get_trials())
+    assert states == {"COMPLETE": 6, "FAIL": 1}
+    assert [c.trial for c in found] == list(range(6))
+    redo = {c.genotype.key for c in found[2:]} - {c.genotype.key for c in found[:2]}
+    assert sorted(scorer.calls) == sorted(redo)  # only the unfinished slots, each architecture once
+    assert [str(c.genotype) for c in found] == [str(g) for g in sample_many("1x1_3x3", "backward", 6, 0)]
+
+
 def test_random_search_entry_point_for_the_pipeline(tiny):
     macro, batches, _ = tiny
     seen = []

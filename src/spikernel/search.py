@@ -501,11 +501,12 @@ class Search:
         self.study, self.storage, self.spec, self.score = study, storage, spec, score
         self.on_candidate = on_candidate
         self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-        self.poll = float(self.interval or poll)
+        self.poll = poll  # how often a worker with nothing left to take looks at the others' slots
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._random = random.Random()  # seeded from the OS: differs between workers
         self.ran = 0  # candidates this worker finished
         self.slots = Slots(spec.candidates)
+        self.study_id = storage.get_study_id_from_name(study.study_name)
 
     def view(self) -> Slots:
         self.slots = Slots.of(self.study.get_trials(deepcopy=False), self.spec.candidates)
@@ -514,13 +515,14 @@ class Search:
     def run(self) -> list[Candidate]:
         while True:
             slots = self.view()
-            claimed = next((t for t in slots.waiting if self._claim(t)), None)
-            if claimed is not None:
-                self._run_trial(claimed)
-                continue  # look again: other workers may have moved meanwhile
             missing = slots.missing()
-            if missing:
-                self.study.add_trial(self._template(self._pick(missing, slots)))
+            claimed = next((t._trial_id for t in slots.waiting if self._claim(t._trial_id)), None)
+            if claimed is not None:  # (trial ids start at 0)
+                self._run_trial(claimed)  # then look again: other workers may have moved meanwhile
+            elif missing:
+                created = self.storage.create_new_trial(self.study_id, self._template(self._pick(missing, slots)))
+                if self._claim(created):  # else another worker took it first: look again
+                    self._run_trial(created)
             elif slots.running:
                 # Another worker is busy, or a killed one has not gone stale yet: wait, then check.
                 time.sleep(self.poll)
@@ -546,23 +548,23 @@ class Search:
         return optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=space,
                                          user_attrs={SLOT_ATTR: slot})
 
-    def _claim(self, trial: FrozenTrial) -> bool:
+    def _claim(self, trial_id: int) -> bool:
         """Take a waiting trial; the storage lets exactly one worker switch it to RUNNING."""
         if self.interval is not None:
             # Beat first: if this worker dies right after the switch, the trial still goes stale.
-            self.storage.record_heartbeat(trial._trial_id)
+            self.storage.record_heartbeat(trial_id)
         try:
-            return self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+            return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
         except UpdateFinishedTrialError:
             return False
 
-    def _run_trial(self, frozen: FrozenTrial) -> None:
-        trial = Trial(self.study, frozen._trial_id)
-        slot = frozen.user_attrs[SLOT_ATTR]
-        with heartbeat(self.storage, frozen._trial_id, self.interval):
+    def _run_trial(self, trial_id: int) -> None:
+        trial = Trial(self.study, trial_id)
+        slot = trial.user_attrs[SLOT_ATTR]
+        with heartbeat(self.storage, trial_id, self.interval):
             try:
                 slots = self.view()
-                if slots.owner.get(slot) is None or slots.owner[slot].number != frozen.number:
+                if slots.owner.get(slot) is None or slots.owner[slot].number != trial.number:
                     # Another worker made a trial for this slot first; it keeps the slot.
                     trial.set_user_attr(RECORD_ATTR, {"status": SUPERSEDED, "worker": self.worker})
                     self.study.tell(trial, state=TrialState.PRUNED)
