@@ -3,18 +3,32 @@
 An untrained network that gives different inputs distinct spike patterns, beyond what their
 firing rates alone would explain, tends to train well. For every LIF layer and timestep the
 [B, B] kernel K measures that; the score is log|det| of K averaged over layers and steps.
+
+Two paths give the same score. The plain one hooks spikingjelly's own LIFs. The fast one (the
+default) swaps in inference-only forwards while it scores: a LIF scan that writes its spikes in
+place and feeds the kernel directly, shared by the LIFs that see the same tensor; per-timestep
+BatchNorm without running statistics; pooling computed channels-last; one timestep at a time, up to the last LIF and no further;
+and malloc kept from returning activations to the OS. Every change keeps the arithmetic of each
+operation, so the spikes, and the score, are the same bit for bit.
+``benchmarks/score_speed.py`` measures it against a SNASNet-style scorer.
 """
 
 from __future__ import annotations
 
+import ctypes
+import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .model import build_model
+from spikingjelly.activation_based import functional
+
+from .model import SNN, Cell, build_model
 from .neuron import is_lif
+from .space import NODES
 
 EPS = 1e-3
 
@@ -29,7 +43,7 @@ def sahd_kernel(spikes: torch.Tensor) -> torch.Tensor:
     c = spikes.float()
     # 0/1 products are integers; float32 holds them exactly below 2**24 neurons per layer.
     overlap = (c @ c.transpose(-1, -2) if n < 2**24 else c.double() @ c.double().transpose(-1, -2)).double()
-    counts = c.sum(-1, dtype=torch.float64)
+    counts = overlap.diagonal(dim1=-2, dim2=-1)  # c_i . c_i = a_i: no second pass over the spikes
     sparsity = counts / n
     hamming = counts.unsqueeze(-1) + counts.unsqueeze(-2) - 2 * overlap
     s_i, s_j = sparsity.unsqueeze(-1), sparsity.unsqueeze(-2)
@@ -44,11 +58,19 @@ class KernelAccumulator:
         self.total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, spikes: torch.Tensor) -> None:
-        """``spikes``: one LIF layer's output [T, B, ...]."""
+    def add(self, spikes: torch.Tensor) -> torch.Tensor:
+        """``spikes``: one LIF layer's output [T, B, ...]. K stays on the spikes' device.
+
+        Returns the layer's kernel summed over its steps (see ``add_kernel``).
+        """
         kernel = sahd_kernel(spikes.flatten(2)).sum(0)
+        self.add_kernel(kernel, spikes.shape[0])
+        return kernel
+
+    def add_kernel(self, kernel: torch.Tensor, steps: int) -> None:
+        """Count a layer's step-summed kernel, e.g. again for a layer that fired the same spikes."""
         self.total = kernel if self.total is None else self.total + kernel
-        self.count += spikes.shape[0]
+        self.count += steps
 
     def logdet(self) -> float:
         if self.total is None:
@@ -58,9 +80,11 @@ class KernelAccumulator:
 
 @contextmanager
 def recording(model: nn.Module, accumulator: KernelAccumulator):
-    handles = [
-        m.register_forward_hook(lambda _m, _in, out: accumulator.add(out)) for m in model.modules() if is_lif(m)
-    ]
+    """Forward hooks on spikingjelly's own LIFs (the plain path, kept to cross-check the fast one)."""
+    def hook(_module, _inputs, spikes):
+        accumulator.add(spikes)  # returns None: the hook must not replace the output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if is_lif(m)]
     try:
         yield accumulator
     finally:
@@ -68,19 +92,214 @@ def recording(model: nn.Module, accumulator: KernelAccumulator):
             handle.remove()
 
 
-def score_model(model: nn.Module, batches: Iterable[torch.Tensor]) -> float:
+# --------------------------------------------------------------------------- fast path
+
+
+def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
+    """Inference-only LIF over [T, ...] with hard reset to 0; updates ``v`` in place.
+
+    Spike for spike the same as spikingjelly's LIFNode (the same operations in the same order,
+    so the same rounding), but five in-place passes per step into one preallocated output
+    instead of fresh temporaries per step and a final stack.
+    """
+    spikes = torch.empty_like(x_seq)
+    for x, out in zip(x_seq, spikes):
+        torch.sub(x, v, out=out)
+        v.add_(out.div_(tau))  # h = v + (x - v) / tau
+        torch.ge(v, threshold, out=out)
+        v.addcmul_(v, out, value=-1.0)  # v - v * spike: exactly h, or 0 where it fired
+    return spikes
+
+
+def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm of [B, C, H, W] or [T, B, C, H, W] with statistics per timestep.
+
+    Each step goes through the same kernel as SNASNet's per-step BatchNorm, so the output is
+    bit-identical; the running statistics, which the score never reads, are left alone.
+    """
+    norm = lambda t: F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)  # noqa: E731
+    if x.dim() == 4:
+        return norm(x)
+    if x.shape[0] == 1:
+        return norm(x[0]).unsqueeze(0)
+    out = torch.empty_like(x)
+    for x_t, out_t in zip(x, out):
+        out_t.copy_(norm(x_t))
+    return out
+
+
+def avg_pool_steps(pool: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """Average pooling of [..., C, H, W], computed channels-last on CPU, returned contiguous.
+
+    PyTorch's channels-last CPU kernel sums each window in the same order as the NCHW one (the
+    same bits) and runs several times faster, copies included. The result goes back to NCHW
+    because convolutions round differently channels-last, and one flipped spike moves the score.
+    """
+    args = (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
+            pool.divisor_override)
+    flat = x.flatten(0, x.dim() - 4)
+    if x.device.type == "cpu":
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    y = F.avg_pool2d(flat, *args).contiguous()
+    return y.view(*x.shape[:-3], *y.shape[1:])
+
+
+class SharedNeurons:
+    """The fast forward of one or more LIFs that always receive the same tensor.
+
+    In a cell every convolution edge has its own LIF, so the edges leaving one node fire exactly
+    the same spikes: they are scanned once and their kernel is counted once per LIF, as the
+    score defines it. The state lives where spikingjelly keeps it (the first LIF's ``v``), so
+    ``reset_net`` and the backward cells' one-step-at-a-time calls work unchanged. Each LIF is
+    called once per pass; after the last sibling the spikes are let go, and the input is only
+    weakly referenced, so sharing holds no activation longer than the plain path does.
+    """
+
+    def __init__(self, lifs: list[nn.Module], accumulator: KernelAccumulator):
+        self.lead, self.size, self.accumulator = lifs[0], len(lifs), accumulator
+        self.input = lambda: None
+        self.spikes = self.kernel = None
+        self.pending = 0
+
+    def __call__(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if self.pending and self.input() is x_seq:  # a sibling already fired on this very tensor
+            self.accumulator.add_kernel(self.kernel, x_seq.shape[0])
+        else:
+            lead = self.lead
+            v = lead.v if isinstance(lead.v, torch.Tensor) else torch.full_like(x_seq[0], float(lead.v))
+            self.spikes = lif_scan(x_seq, v, lead.tau, lead.v_threshold)
+            lead.v = v
+            self.input, self.kernel, self.pending = weakref.ref(x_seq), self.accumulator.add(self.spikes), self.size
+        spikes = self.spikes
+        self.pending -= 1
+        if not self.pending:
+            self.spikes = None
+        return spikes
+
+
+def sibling_lifs(model: nn.Module) -> list[list[nn.Module]]:
+    """Every LIF in ``model``, grouped with the LIFs that always see the same input tensor."""
+    groups: list[list[nn.Module]] = []
+    for cell in (m for m in model.modules() if isinstance(m, Cell)):
+        by_source: dict[str, list[nn.Module]] = {}
+        for key, op in cell.ops.items():  # keys are "source_target"; an edge's op sees its source node
+            if isinstance(op, nn.Sequential) and is_lif(op[0]):
+                by_source.setdefault(key.split("_")[0], []).append(op[0])
+        groups += by_source.values()
+    grouped = {id(m) for group in groups for m in group}
+    return groups + [[m] for m in model.modules() if is_lif(m) and id(m) not in grouped]
+
+
+def fast_supported(model: nn.Module) -> bool:
+    """The fast forwards cover multi-step LIFs with decay_input and a hard reset to 0."""
+    return all(m.step_mode == "m" and m.v_reset == 0.0 and m.decay_input for m in model.modules() if is_lif(m))
+
+
+@contextmanager
+def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
+    """Swap in the fast forwards (LIFs record into ``accumulator``); restore the modules after."""
+    lifs = [m for m in model.modules() if is_lif(m)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.training]
+    for group in sibling_lifs(model):
+        forward = SharedNeurons(group, accumulator)
+        for m in group:
+            m.forward = forward
+    for m in norms:
+        m.forward = lambda x, bn=m: batch_norm_steps(bn, x)
+    pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    for m in pools:
+        m.forward = lambda x, pool=m: avg_pool_steps(pool, x)
+    try:
+        yield accumulator
+    finally:
+        for m in lifs + norms + pools:
+            del m.forward  # back to the class's forward
+
+
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed activations for reuse (process-wide, once; no-op elsewhere).
+
+    By default glibc maps every block above a few MB afresh and unmaps it on free, so each new
+    activation page-faults all its pages in again; SNASNet's scorer spends about half its CPU
+    time there. Keeping freed memory costs no extra peak: the next candidate reuses it.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 31)
+
+
+def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
+    """``SNN.forward_steps`` ``chunk`` timesteps at a time, stopping at the head's LIF.
+
+    The neurons keep their state between chunks, so the spikes are those of one pass over all
+    T; one step at a time holds 1/T of the activations (SNASNet's own memory profile) and, on
+    CPU, convolving B images T times costs what convolving T*B once does. The output Linear
+    and the vote come after the last LIF and cannot change the score, so they are skipped.
+    """
+    functional.reset_net(net)
+    static = net.stem(images)
+    steps = net.macro.timesteps
+    carries = {net.cell1: [None] * NODES, net.cell2: [None] * NODES}
+
+    def cell(module: Cell, x: torch.Tensor) -> torch.Tensor:
+        if not module.backward_edges:
+            return module._step(x, [None] * NODES)[0]
+        outputs = []
+        for t in range(x.shape[0]):  # backward edges carry node values from t-1 into t
+            out, carries[module] = module._step(x[t : t + 1], carries[module])
+            outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    for start in range(0, steps, chunk):
+        x = static.unsqueeze(0).expand(min(chunk, steps - start), *static.shape)
+        x = net.reduction(cell(net.cell1, x))
+        x = net.last(cell(net.cell2, x)).flatten(2)
+        net.head[:-1](x)
+
+
+def _score_batch(model: nn.Module, images: torch.Tensor, fast: bool, chunk: int) -> float:
+    accumulator = KernelAccumulator()
+    if not (fast and fast_supported(model)):
+        with recording(model, accumulator):
+            model(images)
+        return accumulator.logdet()
+    with scoring_forwards(model, accumulator):
+        if isinstance(model, SNN):
+            run_in_chunks(model, images, chunk)
+        else:
+            model(images)
+    return accumulator.logdet()
+
+
+def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = True, chunk: int = 1) -> float:
     """SNASNet's score: per batch, log|det K| of the mean kernel; averaged over batches.
 
     The network stays in training mode (batch statistics, dropout) as SNASNet scores it.
+    ``fast=False`` runs spikingjelly's own LIFs with forward hooks; the score is the same, but
+    only that path updates BatchNorm running statistics (the score never reads them).
+    ``chunk``: timesteps per pass of the fast path (1 holds the least memory; any value gives
+    the same score).
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
     model.train()
+    if fast:
+        keep_freed_memory()
     scores = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for images in batches:
-            accumulator = KernelAccumulator()
-            with recording(model, accumulator):
-                model(images)
-            scores.append(accumulator.logdet())
+            scores.append(_score_batch(model, images, fast, chunk))
     if not scores:
         raise ValueError("score_model needs at least one batch")
     return sum(scores) / len(scores)

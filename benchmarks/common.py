@@ -1,0 +1,58 @@
+"""Shared set-up for the benchmark scripts: scoring images for any preset, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+
+import torch
+import torch.nn.functional as F
+
+from spikernel.data import load_dataset
+
+
+def scoring_images(macro, dataset_name: str = "fashion-mnist-mini", data_dir: str | None = None):
+    """uint8 training images shaped for ``macro`` plus their per-channel mean and std.
+
+    Presets made for other data (the CIFAR widths) get Fashion-MNIST resized to their image
+    size and repeated over their channels: scoring cost depends on shapes, not on content.
+    """
+    dataset = load_dataset(dataset_name, data_dir)
+    images = dataset.train.images
+    if images.shape[-1] != macro.image_size:
+        images = F.interpolate(images.float(), size=macro.image_size, mode="bilinear").round().clamp(0, 255).byte()
+    if images.shape[1] != macro.in_channels:
+        images = images.repeat(1, macro.in_channels, 1, 1)
+    channels = macro.in_channels // len(dataset.mean)
+    return images, dataset.mean * channels, dataset.std * channels
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def machine(threads: int | None = None) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {threads or torch.get_num_threads()} threads"
+
+
+def current_rss_mib() -> float:
+    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
