@@ -1,24 +1,38 @@
-"""Training and evaluation of a spiking network (SPEC 7): BPTT through T steps, SGD + cosine."""
+"""Training and evaluation of a spiking network (SPEC 7): BPTT through T steps, SGD + cosine.
+
+The engine keeps the data as uint8 tensors on the training device and builds each batch with a
+few tensor ops (index, crop/flip, normalise): no per-image Python, no DataLoader workers. Every
+random draw of an epoch comes from generators derived from (seed, epoch, rank), so an epoch
+replays exactly after a resume and every DDP rank agrees on the shuffle. ``fit`` checkpoints
+each finished epoch into a run folder (checkpoint.py) and continues from the last one.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint, write_metrics_csv
 from .data import Dataset, Split
-from .errors import SpikernelError
+from .distributed import SINGLE, World, wrap
+from .errors import ConfigError, SpikernelError
+from .fused import fused_neurons
+from .neuron import is_lif
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 300
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: split over DDP ranks
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -26,14 +40,87 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     limit_train: int | None = None  # use the first N training images (smoke runs)
+    amp: bool | None = None  # bf16 autocast; None = on for CUDA GPUs with bf16
+    channels_last: bool | None = None  # None = on for CUDA GPUs
+    compile: bool = False  # torch.compile the training step (a slow first batch, faster after)
+    fused_lif: bool = True  # train with fused.FusedLIFNode (same numbers as spikingjelly's LIF)
+    eval_batch: int = 256
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> dict:
+        """The settings that change the numbers a run produces (a resume must keep them). How the
+        step executes (compiled or not, fused LIF or spikingjelly's, eval batch) does not belong."""
+        return {k: v for k, v in asdict(self).items() if k not in ("compile", "fused_lif", "eval_batch")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 class NonFiniteLoss(SpikernelError):
     def __init__(self, epoch: int, batch: int, value: float):
-        super().__init__(f"loss became {value} at epoch {epoch}, batch {batch}: lower --lr or check the data")
+        super().__init__(f"loss became {value} at epoch {epoch}, batch {batch}: lower --lr or check the data "
+                         "(the last good checkpoint is kept)")
+
+
+class OutOfMemory(SpikernelError):
+    def __init__(self, device, batch_size: int, epoch: int):
+        super().__init__(f"out of memory on {device} at epoch {epoch} with batch {batch_size}: "
+                         f"try --batch {max(1, batch_size // 2)} (or fewer --timesteps / a smaller --width)")
+
+
+# --------------------------------------------------------------------------- randomness and batches
+
+
+def derived_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch, rank, purpose) via numpy's SeedSequence."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_generators(seed: int, epoch: int, world: World = SINGLE) -> tuple[torch.Generator, torch.Generator]:
+    """(shuffle, augmentation) generators for an epoch; dropout draws from the reseeded global RNG.
+
+    The shuffle is the same on every rank (each takes its own slice of it); augmentation and
+    dropout differ per rank. All three depend only on (seed, epoch, rank), which is the RNG state
+    a checkpoint has to carry.
+    """
+    torch.manual_seed(derived_seed(seed, epoch, world.rank, 2))
+    shuffle = torch.Generator().manual_seed(derived_seed(seed, epoch, 0))
+    augmentation = torch.Generator().manual_seed(derived_seed(seed, epoch, world.rank, 1))
+    return shuffle, augmentation
+
+
+def batch_indices(count: int, batch_size: int, generator: torch.Generator, world: World = SINGLE) -> Iterator[torch.Tensor]:
+    """This rank's share of each shuffled global batch. A last batch too small to give every rank
+    an image is dropped, so all ranks run the same number of steps (DDP needs that)."""
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        index = order[start : start + batch_size]
+        if len(index) < world.size:
+            return
+        yield index[world.rank :: world.size]
+
+
+def steps_per_epoch(count: int, batch_size: int, world: World = SINGLE) -> int:
+    full, rest = divmod(count, batch_size)
+    return full + (1 if rest >= world.size else 0)
+
+
+def train_count(dataset: Dataset, config: TrainConfig) -> int:
+    return len(dataset.train) if config.limit_train is None else min(config.limit_train, len(dataset.train))
+
+
+# --------------------------------------------------------------------------- one epoch
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
@@ -46,74 +133,238 @@ def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def input_batch(dataset: Dataset, split: Split, index, device: torch.device, generator: torch.Generator | None,
+                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (augmented while still uint8, so crops pad with black as torchvision's do) and labels."""
+    index = index.to(split.images.device)
+    images = split.images[index].to(device, non_blocking=True)
+    if generator is not None:
+        images = dataset.augment(images, generator)
+    images = dataset.normalize(images)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, split.labels[index].to(device, non_blocking=True)
+
+
 def train_epoch(model, dataset: Dataset, optimizer, scheduler, config: TrainConfig, epoch: int,
-                generator: torch.Generator, device: torch.device,
-                on_batch: Callable[[int, float], None] | None = None) -> dict:
-    """One pass over the (shuffled) training split; returns mean loss and accuracy."""
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                on_batch: Callable[[int, float], None] | None = None, world: World = SINGLE,
+                augment_generator: torch.Generator | None = None) -> dict:
+    """One pass over the (shuffled) training split; returns mean loss and accuracy over all ranks.
+
+    ``model`` is what runs the step (possibly DDP-wrapped or compiled). ``generator`` shuffles;
+    augmentation draws from ``augment_generator`` (default: the same generator).
+    """
+    device = torch.device(device)
     model.train()
     split = dataset.train
-    count = len(split) if config.limit_train is None else min(config.limit_train, len(split))
-    order = torch.randperm(count, generator=generator)
-    total_loss, correct, seen = 0.0, 0, 0
-    for batch_index, start in enumerate(range(0, count, config.batch_size)):
-        index = order[start : start + config.batch_size]
-        images = dataset.normalize(split.images[index].to(device, non_blocking=True))
-        labels = split.labels[index].to(device, non_blocking=True)
-        if config.augment:
-            images = dataset.augment(images, generator)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLoss(epoch, batch_index, loss.item())
+    generator = generator or torch.Generator().manual_seed(derived_seed(config.seed, epoch, 0))
+    augment_generator = (augment_generator or generator) if config.augment else None
+    use_amp, channels_last = amp_enabled(config, device), channels_last_enabled(config, device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+    for batch_index, index in enumerate(batch_indices(train_count(dataset, config), config.batch_size, generator, world)):
+        images, labels = input_batch(dataset, split, index, device, augment_generator, channels_last)
+        with autocast(device, use_amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        # Every rank must take the same decision, so the check uses the loss averaged over ranks.
+        mean_loss = world.all_reduce(loss.detach().clone()) / world.size
+        value = mean_loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(epoch, batch_index + 1, value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(index)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(index)
+        n = len(index)
+        totals += torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
+                               torch.tensor(n, dtype=torch.float64, device=device)])
         if on_batch is not None:
-            on_batch(len(index), loss.item())
-    return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+            on_batch(n * world.size, value)
+    loss_sum, correct, seen = world.all_reduce(totals).tolist()
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """On a GPU the uint8 images live there (60k Fashion-MNIST images are 47 MB), so a batch
+    costs no host-to-device copy; on the CPU this is the dataset itself."""
+    if device.type == "cpu" or dataset.train.images.device == device:
+        return dataset
+    move = lambda s: Split(s.images.to(device), s.labels.to(device))  # noqa: E731
+    return replace(dataset, train=move(dataset.train), test=move(dataset.test))
+
+
+def amp_enabled(config: TrainConfig, device: torch.device) -> bool:
+    if config.amp is not None:
+        return config.amp
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def channels_last_enabled(config: TrainConfig, device: torch.device) -> bool:
+    return config.channels_last if config.channels_last is not None else device.type == "cuda"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class SpikeCounter:
+    """Counts spikes and neuron-steps of every LIF layer during forward passes (a forward hook each)."""
+
+    def __init__(self, model: nn.Module, device):
+        self.names = [name for name, m in model.named_modules() if is_lif(m)]
+        self.sums = torch.zeros(len(self.names), 2, dtype=torch.float64, device=device)
+        self.handles = [m.register_forward_hook(self._hook(i))
+                        for i, m in enumerate(m for _, m in model.named_modules() if is_lif(m))]
+
+    def _hook(self, i):
+        def count(_module, _inputs, spikes):
+            self.sums[i, 0] += spikes.sum(dtype=torch.float64)
+            self.sums[i, 1] += spikes.numel()
+        return count
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+    def rates(self) -> dict[str, float]:
+        """Overall and per-layer fraction of neuron-steps that spiked."""
+        spikes, steps = self.sums[:, 0], self.sums[:, 1].clamp_min(1)
+        rates = {"spike_rate": (spikes.sum() / steps.sum()).item()}
+        rates.update({f"spike_rate/{name}": r for name, r in zip(self.names, (spikes / steps).tolist())})
+        return rates
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, split: Split | None = None, batch_size: int = 256,
-             device: torch.device | str = "cpu") -> dict:
-    """Top-1 / top-5 accuracy and mean loss on a split (the test split by default)."""
+             device: torch.device | str = "cpu", world: World = SINGLE, amp: bool = False,
+             spike_rates: bool = True) -> dict:
+    """Top-1 / top-5 accuracy, mean loss and per-LIF-layer spike rates on a split (test by default).
+
+    Takes any module mapping images to logits (a trained SNN, a quantized copy of one). Under DDP
+    each rank evaluates a slice and the counts are summed, so the figures cover the whole split.
+    """
+    device = torch.device(device)
     model.eval()
     split = split or dataset.test
     k = min(5, dataset.num_classes)
-    total_loss, top1, topk = 0.0, 0, 0
-    for start in range(0, len(split), batch_size):
-        images = dataset.normalize(split.images[start : start + batch_size].to(device))
-        labels = split.labels[start : start + batch_size].to(device)
-        logits = model(images)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        best = logits.topk(k, dim=1).indices
-        top1 += (best[:, 0] == labels).sum().item()
-        topk += (best == labels.unsqueeze(1)).any(1).sum().item()
-    n = len(split)
-    return {"test_loss": total_loss / n, "test_acc": top1 / n, f"test_top{k}": topk / n}
+    counter = SpikeCounter(model, device) if spike_rates else None
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-1, top-k
+    index = torch.arange(world.rank, len(split), world.size)
+    try:
+        for start in range(0, len(index), batch_size):
+            images, labels = input_batch(dataset, split, index[start : start + batch_size], device, None, False)
+            with autocast(device, amp):
+                logits = model(images).float()
+            best = logits.topk(k, dim=1).indices
+            totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                                   (best[:, 0] == labels).sum().double(),
+                                   (best == labels.unsqueeze(1)).any(1).sum().double()])
+    finally:
+        if counter is not None:
+            counter.close()
+    loss_sum, top1, topk = world.all_reduce(totals).tolist()
+    n = max(len(split), 1)
+    result = {"test_loss": loss_sum / n, "test_acc": top1 / n, f"test_top{k}": topk / n}
+    if counter is not None:
+        world.all_reduce(counter.sums)
+        result.update(counter.rates())
+    return result
+
+
+# --------------------------------------------------------------------------- the training loop
 
 
 def fit(model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device | str = "cpu",
         on_batch: Callable[[int, float], None] | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train for ``config.epochs`` and evaluate after each; returns the per-epoch history."""
+        on_epoch: Callable[[dict], None] | None = None,
+        run_dir: str | Path | None = None, world: World = SINGLE,
+        tensorboard: bool = False) -> list[dict]:
+    """Train for ``config.epochs`` and evaluate after each; returns the per-epoch history.
+
+    With ``run_dir`` every finished epoch is checkpointed there (by rank 0) together with
+    metrics.csv, and a run folder holding a checkpoint continues from it: the result is the
+    same, bit for bit on one CPU, as a run that was never interrupted.
+    """
     device = torch.device(device)
     model.to(device)
-    count = len(dataset.train) if config.limit_train is None else min(config.limit_train, len(dataset.train))
-    optimizer, scheduler = make_optimizer(model, config, math.ceil(count / config.batch_size))
-    generator = torch.Generator().manual_seed(config.seed)
-    history = []
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
-        row = {"epoch": epoch + 1}
-        row.update(train_epoch(model, dataset, optimizer, scheduler, config, epoch + 1, generator, device, on_batch))
-        row.update(evaluate(model, dataset, device=device))
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+    dataset = on_device(dataset, device)
+    if channels_last_enabled(config, device):
+        model.to(memory_format=torch.channels_last)
+    count = train_count(dataset, config)
+    steps = steps_per_epoch(count, config.batch_size, world)
+    if steps == 0:
+        raise ConfigError(f"{count} training images cannot fill one batch on {world.size} processes")
+    optimizer, scheduler = make_optimizer(model, config, steps)
+    history: list[dict] = []
+    start_epoch = 0
+    if run_dir is not None:
+        state = load_checkpoint(run_dir, model, optimizer, scheduler)
+        if state is not None:
+            start_epoch, history = state["epoch"], state["history"]
+    writer = _tensorboard(run_dir) if tensorboard and run_dir is not None and world.is_main else None
+    try:
+        with fused_neurons(model, config.fused_lif):
+            step_model = wrap(model, world, device)
+            if config.compile:
+                step_model = torch.compile(step_model)
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                row = _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, device,
+                                 on_batch, world)
+                history.append(row)
+                if run_dir is not None and world.is_main:
+                    _record(Path(run_dir), model, optimizer, scheduler, history, config, writer)
+                world.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
+                if on_epoch is not None:
+                    on_epoch(row)
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(device, config.batch_size, len(history) + 1) from None
+    except RuntimeError as exc:  # the CPU allocator's out-of-memory is a plain RuntimeError
+        if "can't allocate memory" not in str(exc):
+            raise
+        raise OutOfMemory(device, config.batch_size, len(history) + 1) from None
+    finally:
+        if writer is not None:
+            writer.close()
     return history
+
+
+def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, device, on_batch, world) -> dict:
+    started = time.perf_counter()
+    shuffle, augmentation = epoch_generators(config.seed, epoch, world)
+    row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+    row.update(train_epoch(step_model, dataset, optimizer, scheduler, config, epoch, shuffle, device, on_batch,
+                           world, augmentation))
+    train_seconds = time.perf_counter() - started
+    world.broadcast(list(model.buffers()))  # evaluate with rank 0's BatchNorm statistics, as saved
+    row.update(evaluate(model, dataset, batch_size=config.eval_batch, device=device, world=world,
+                        amp=amp_enabled(config, device)))
+    row["train_img_per_s"] = train_count(dataset, config) / train_seconds
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def _record(run_dir: Path, model, optimizer, scheduler, history, config: TrainConfig, writer) -> None:
+    rng = {"scheme": "per-epoch: torch.manual_seed / shuffle / augmentation generators seeded from "
+                     "SeedSequence(seed, epoch, rank, purpose)", "seed": config.seed, "next_epoch": len(history) + 1}
+    save_checkpoint(run_dir, model, optimizer, scheduler, history[-1]["epoch"], history, rng)
+    write_metrics_csv(run_dir / METRICS_FILE, history)
+    if writer is not None:
+        row = history[-1]
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+
+def _tensorboard(run_dir):
+    """A SummaryWriter under run_dir/tensorboard when TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(Path(run_dir) / "tensorboard"))
+

@@ -1,0 +1,64 @@
+"""``spikernel evaluate``: top-1/top-5, loss and spike rates of a trained run folder or weights file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..checkpoint import load_model
+from ..data import DATASETS, load_dataset
+from ..distributed import resolve_device
+from ..errors import ConfigError
+from ..model import MacroConfig
+from ..train import evaluate as evaluate_model
+from . import main
+
+
+def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download: bool):
+    """The trained model, the dataset it is evaluated on (its own unless overridden) and the source."""
+    model, spec, source = load_model(path)
+    data = load_dataset(dataset_name or spec.dataset, data_dir, download)
+    macro = MacroConfig.from_dict(spec.macro)
+    shape = (data.in_channels, data.image_size, data.num_classes)
+    if shape != (macro.in_channels, macro.image_size, macro.num_classes):
+        raise ConfigError(f"{data.name} has {shape[0]}x{shape[1]}x{shape[1]} images and {shape[2]} classes; the model "
+                          f"expects {macro.in_channels}x{macro.image_size}x{macro.image_size} and {macro.num_classes}")
+    return model, spec, data, source
+
+
+@main.command()
+@click.option("--run", "path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="A `spikernel train` run folder or a model .safetensors file.")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), help="Evaluate on another dataset of the same shape.")
+@click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files.")
+@click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(path, dataset, data_dir, download, batch_size, device, amp, as_json):
+    """Test-split accuracy (top-1, top-5), loss and per-LIF-layer spike rates of a trained network."""
+    model, spec, data, source = load_for_evaluation(path, dataset, data_dir, download)
+    device = resolve_device(device)
+    report = evaluate_model(model.to(device), data, batch_size=batch_size, device=device, amp=amp)
+    report = {"weights": source, "genotype": spec.genotype, "dataset": data.name, "images": len(data.test), **report}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    table = Table(title=f"spikernel evaluate  {source}", show_header=False)
+    top5 = next((k for k in report if k.startswith("test_top")), None)
+    table.add_row("dataset", f"{data.name} test ({len(data.test)} images)")
+    table.add_row("genotype", spec.genotype)
+    table.add_row("top-1 accuracy", f"{report['test_acc']:.2%}")
+    if top5:
+        table.add_row(f"top-{top5[len('test_top'):]} accuracy", f"{report[top5]:.2%}")
+    table.add_row("loss", f"{report['test_loss']:.4f}")
+    table.add_row("spike rate (all LIF)", f"{report['spike_rate']:.4f}")
+    for key, value in report.items():
+        if key.startswith("spike_rate/"):
+            table.add_row(f"  {key[len('spike_rate/'):]}", f"{value:.4f}")
+    Console().print(table)
