@@ -111,7 +111,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, batch_size
         status = _open(out, spec, resume, world)
         console = Console(stderr=True, quiet=not world.is_main)
         if status == "finished":
-            console.print(f"{out} is already finished; its result is in {out / RESULT_FILE}")
+            click.echo(f"{out} is already finished; its result is in {out / RESULT_FILE}", err=True)
             if world.is_main:
                 Console().print(result_table(read_json(out / RESULT_FILE)))
             return
@@ -124,7 +124,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, batch_size
             save_model(out / WEIGHTS_FILE, model, spec)
             write_json(out / RESULT_FILE, result)  # last: its presence marks a finished run
             Console().print(result_table(result))
-            console.print(f"run folder: {out}")
+            click.echo(f"run folder: {out}", err=True)
     finally:
         distributed.shutdown(world)
 
@@ -138,8 +138,8 @@ def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:
 
 def _train(model, data, config, device, out, world, console) -> list[dict]:
     done = read_json(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).exists() else 0
-    if done:
-        console.print(f"resuming {out} after epoch {done}")
+    if done and world.is_main:
+        click.echo(f"resuming {out} after epoch {done}", err=True)
     images = min(config.limit_train or len(data.train), len(data.train))
     with progress_bar(console) as progress:
         task = progress.add_task("train", total=config.epochs * images, completed=done * images, info="")
