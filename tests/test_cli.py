@@ -73,6 +73,7 @@ def test_truncated_idx_file_is_reported(tmp_path, fashion_mnist_dir):
     (data / IDX_FILES["test"][1]).unlink()
     code, _, err = cli("run", "--dataset", "fashion-mnist", "--data-dir", str(data), "--out", str(tmp_path / "r"))
     assert code == 2 and "missing t10k-labels-idx1-ubyte.gz" in err
+    shutil.copy(fashion_mnist_dir / IDX_FILES["test"][1], data / IDX_FILES["test"][1])
     raw = gzip.open(data / IDX_FILES["train"][0]).read()
     with gzip.open(data / IDX_FILES["train"][0], "wb") as f:
         f.write(raw[: len(raw) // 2])
@@ -82,18 +83,23 @@ def test_truncated_idx_file_is_reported(tmp_path, fashion_mnist_dir):
 
 
 def test_run_end_to_end_tiny(tmp_path):
-    """The main job on the embedded dataset at tiny settings, as a user starts it (new process)."""
+    """The four-step main job on the embedded dataset at tiny settings, as a user starts it (new process)."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "spikernel", "run", "--preset", "fmnist-tiny", "--candidates", "6", "--epochs", "1",
-         "--limit-train", "256", "--score-batch", "16", "--budget", "40K", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "spikernel", "run", "--kernel-sets", "1x1_3x3,1x1_7x7", "--preset", "fmnist-tiny",
+               "--candidates", "4", "--epochs", "1", "--limit-train", "64", "--score-batch", "8", "--budget", "40K",
+               "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert result["search"]["candidates"] == 6 and result["footprint"]["params"] <= 40_000
-    assert 0.0 <= result["test"]["test_acc"] <= 1.0 and len(result["history"]) == 1
-    assert (out / "model.safetensors").stat().st_size > 0
-    assert "test accuracy" in proc.stdout
-    rows = json.loads((out / "candidates.json").read_text())
-    assert len(rows) == 6 and {"trial", "genotype", "params", "score", "status"} <= set(rows[0])
+    chosen = json.loads((out / "selection.json").read_text())
+    assert chosen["kernel_set"] in ("1x1_3x3", "1x1_7x7") and chosen["params"] <= 40_000
+    assert 0.0 <= chosen["test"]["test_acc"] <= 1.0
+    assert (out / chosen["weights"]).stat().st_size > 0
+    assert (out / "report" / "report.md").exists() and (out / "report" / "accuracy_vs_memory.png").exists()
+    assert "best network under the budget" in proc.stdout
+    rows = (out / "1x1_7x7" / "search" / "candidates.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,genotype,params")
+    # running it again resumes: nothing is searched or trained twice, same choice
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "selection.json").read_text())["genotype"] == chosen["genotype"]
+    assert "already finished" in again.stderr

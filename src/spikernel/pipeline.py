@@ -1,47 +1,25 @@
-"""The main job end to end: search a kernel set, select under a budget, train, evaluate, save."""
+"""The main job, the method's four steps end to end: explore kernel sets, search each without
+training, train the best cells, pick the most accurate network under the budget, report."""
 
 from __future__ import annotations
 
-import platform
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
-from .data import load_dataset
-from .memory import Budget, footprint
-from .model import build_model, get_preset
-from .score import scoring_batches
-from .search import best, candidate_summary, pareto_front, random_search
-from .space import KernelSet
-from .storage import save_weights, write_json
-from .train import TrainConfig, fit
+from .errors import ConfigError
+from .explore import ExploreSettings, explore, select, slug
+from .report import write_report
+from .storage import read_json, write_json
 
-
-@dataclass(frozen=True)
-class JobSettings:
-    dataset: str = "fashion-mnist-mini"
-    data_dir: str | None = None
-    kernels: str = "1x1_3x3_5x5"
-    cell: str = "backward"
-    candidates: int = 40
-    preset: str = "fmnist-small"
-    width: int | None = None
-    timesteps: int | None = None
-    budget: str | None = "300K"
-    bits: int = 32
-    score_batch: int = 64
-    repeats: int = 2
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.1
-    seed: int = 0
-    limit_train: int | None = None
+# Sized for about ten minutes on a 2-core CPU on the embedded fashion-mnist-mini.
+RUN_DEFAULTS = ExploreSettings(
+    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=30, top_k=1, epochs=2, budget="250K",
+    preset="fmnist-small", score_batch=64, repeats=2,
+)
 
 
 def progress_bar(console: Console) -> Progress:
@@ -52,100 +30,48 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def run_job(settings: JobSettings, out: Path, console: Console) -> dict:
+def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,
+            console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
     started = time.perf_counter()
-    kernel_set = KernelSet.parse(settings.kernels)
-    budget = Budget.parse(settings.budget, settings.bits) if settings.budget else None
-    dataset = load_dataset(settings.dataset, settings.data_dir)
-    macro = get_preset(settings.preset, width=settings.width, timesteps=settings.timesteps,
-                       in_channels=dataset.in_channels, image_size=dataset.image_size,
-                       num_classes=dataset.num_classes)
-    torch.manual_seed(settings.seed)
-    batches = [dataset.normalize(b) for b in
-               scoring_batches(dataset.train.images, settings.score_batch, settings.repeats, settings.seed)]
-
-    with progress_bar(console) as progress:
-        task = progress.add_task("search", total=settings.candidates, info="")
-        top = [None]
-
-        def on_candidate(c):
-            if c.score is not None and (top[0] is None or c.score > top[0]):
-                top[0] = c.score
-            progress.update(task, advance=1, info=f"best {top[0]:.2f}" if top[0] is not None else "")
-
-        search_started = time.perf_counter()
-        candidates = random_search(kernel_set, settings.cell, settings.candidates, macro, batches, budget,
-                                   settings.seed, on_candidate)
-        search_seconds = time.perf_counter() - search_started
-    chosen = best(candidates)
-
-    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         seed=settings.seed, limit_train=settings.limit_train)
-    torch.manual_seed(settings.seed)
-    model = build_model(chosen.genotype, macro)
-    images = config.limit_train or len(dataset.train)
-    with progress_bar(console) as progress:
-        task = progress.add_task("train", total=settings.epochs * images, info="")
-        last = {}
-
-        def on_batch(n, loss):
-            progress.update(task, advance=n, info=f"loss {loss:.3f}" + (f" test {last['test_acc']:.2%}" if last else ""))
-
-        train_started = time.perf_counter()
-        history = fit(model, dataset, config, on_batch=on_batch, on_epoch=last.update)
-        train_seconds = time.perf_counter() - train_started
-
-    fp = footprint(chosen.genotype, macro)
-    result = {
-        "spikernel": __version__,
-        "settings": asdict(settings),
-        "dataset": {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test)},
-        "kernel_set": kernel_set.name,
-        "macro": macro.to_dict(),
-        "budget": str(budget) if budget else None,
-        "genotype": chosen.genotype.to_dict(),
-        "score": chosen.score,
-        "footprint": fp.to_dict(),
-        "test": {k: v for k, v in history[-1].items() if k.startswith("test_")},
-        "history": history,
-        "search": {
-            "candidates": len(candidates),
-            "scored": sum(c.status == "scored" for c in candidates),
-            "over_budget": sum(c.status == "over_budget" for c in candidates),
-            "seconds": search_seconds,
-            "pareto_front": [candidate_summary(c) for c in pareto_front(candidates)],
-        },
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+    study = explore(settings, out, data_dir, on_stage=lambda stage: console.rule(stage))
+    chosen = select(study)
+    if chosen is None:
+        raise ConfigError(f"no trained network fits the budget {settings.budget}")
+    report = write_report(study, out / "report")
+    run_dir = out / chosen.kernel_set / "train" / slug(chosen.row["genotype"])
+    trained = read_json(run_dir / "result.json")
+    selection = {
+        "kernel_set": chosen.kernel_set,
+        **chosen.row,
+        "test": trained["test"],
+        "footprint": trained["footprint"],
+        "budget": settings.budget,
+        "weights": str((run_dir / "model.safetensors").relative_to(out)),
+        "run": str(run_dir.relative_to(out)),
+        "report": "report/report.md",
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "candidates.json", [c.row(settings.bits) for c in candidates])
-    save_weights(out / "model.safetensors", model, {"genotype": str(chosen.genotype)})
-    write_json(out / "result.json", result)  # last: its presence marks a finished run
-    console.print(result_table(result))
-    console.print(f"run folder: {out}")
-    return result
+    write_json(out / "selection.json", selection)
+    Console().print(selection_table(selection, report["table"]))
+    Console().print(f"run folder: {out}  (report: {out / 'report' / 'report.md'})")
+    return selection
 
 
-def result_table(result: dict) -> Table:
-    table = Table(title="spikernel run", show_header=False)
-    fp = result["footprint"]
-    rows = [
-        ("dataset", f"{result['dataset']['name']} ({result['dataset']['train']} train / {result['dataset']['test']} test)"),
-        ("kernel set", result["kernel_set"]),
-        ("budget", result["budget"] or "none"),
-        ("candidates", f"{result['search']['candidates']} sampled, {result['search']['scored']} scored, "
-                       f"{result['search']['over_budget']} over budget ({result['search']['seconds']:.1f} s)"),
-        ("genotype", f"{result['genotype']['genotype']} ({result['genotype']['cell']})"),
-        ("score", f"{result['score']:.3f}"),
-        ("parameters", f"{fp['params']:,}"),
-        ("footprint", "  ".join(f"{b}-bit {v / 1e3:,.1f} KB" for b, v in fp["footprint_bytes"].items())),
-        ("LIF neurons", f"{fp['lif_neurons']:,} in {fp['lif_layers']} layers"),
-        ("test accuracy", f"{result['test']['test_acc']:.2%} (top-5 {result['test'].get('test_top5', 0):.2%})"),
-        ("training", f"{len(result['history'])} epochs, {result['train_seconds']:.0f} s"),
-        ("wall time", f"{result['wall_seconds']:.0f} s"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
+def selection_table(selection: dict, per_set: list[dict]) -> Table:
+    table = Table(title="spikernel run: best network under the budget")
+    for column in ("kernel set", "genotype", "parameters", "test accuracy", "score", "chosen"):
+        table.add_column(column, no_wrap=column == "genotype")
+    for row in per_set:
+        picked = row["kernel set"] == selection["kernel_set"]
+        acc = row["test accuracy"]
+        table.add_row(row["kernel set"], row["best genotype"],
+                      f"{row['parameters']:,}" if row["parameters"] is not None else "-",
+                      f"{acc:.2%}" if acc is not None else "-",
+                      f"{row['score']:.3f}" if row["score"] is not None else "-", "<-" if picked else "")
+    fp = selection["footprint"]["footprint_bytes"]
+    table.caption = (f"{selection['genotype']} from {selection['kernel_set']}: {selection['params']:,} parameters, "
+                     f"{int(fp['32']) / 1e3:,.1f} KB at 32 bits / {int(fp['8']) / 1e3:,.1f} KB at 8 bits, "
+                     f"test accuracy {selection['test']['test_acc']:.2%}, budget {selection['budget'] or 'none'}, "
+                     f"{selection['wall_seconds']:.0f} s")
     return table

@@ -74,6 +74,8 @@ def rank_agreement(rows: list[dict]) -> tuple[float, float, int]:
     if len(rows) < 3:
         return math.nan, math.nan, len(rows)
     scores, accs = [r["score"] for r in rows], [r["test_acc"] for r in rows]
+    if len(set(scores)) < 2 or len(set(accs)) < 2:  # a constant side has no ranking to agree with
+        return math.nan, math.nan, len(rows)
     return float(kendalltau(scores, accs).statistic), float(spearmanr(scores, accs).statistic), len(rows)
 
 

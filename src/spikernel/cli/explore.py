@@ -1,0 +1,120 @@
+"""``spikernel explore`` and ``spikernel report``: kernel-size exploration and its trade-off analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..data import DEFAULT_DATASET
+from ..explore import ExploreSettings, explore, load_study
+from ..report import write_report
+from . import main
+from .options import BITS, CELL, PRESET
+
+_D = ExploreSettings()
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return ()
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(n < 1 for n in numbers):
+        raise click.BadParameter("sizes must be positive")
+    return numbers
+
+
+def explore_options(defaults: ExploreSettings = _D):
+    """Options shared by ``explore`` and ``run``, which differ only in their defaults."""
+    _D = defaults
+    options = [
+        click.option("--dataset", default=DEFAULT_DATASET, show_default=True),
+        click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files."),
+        click.option("--kernel-sets", "-k", default=",".join(_D.kernel_sets), show_default=True,
+                     help="Comma-separated kernel sets (presets like 1x1_3x3_5x5 or KxK_... names)."),
+        click.option("--candidates", "-n", type=click.IntRange(min=1), default=_D.candidates, show_default=True,
+                     help="Cells searched per kernel set."),
+        click.option("--budget", default=_D.budget, show_default=True,
+                     help="Parameters (500K, 10M) or bytes at --bits (800KB, 8MB); 'none' for no limit."),
+        click.option("--bits", type=BITS, default="32", show_default=True),
+        click.option("--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True,
+                     help="Best-scoring cells trained per kernel set."),
+        click.option("--epochs", "-e", type=click.IntRange(min=1), default=_D.epochs, show_default=True),
+        click.option("--preset", "-p", type=PRESET, default=_D.preset, show_default=True),
+        click.option("--cell", type=CELL, default=_D.cell, show_default=True),
+        click.option("--score-batch", type=click.IntRange(min=2), default=_D.score_batch, show_default=True),
+        click.option("--repeats", type=click.IntRange(min=1), default=_D.repeats, show_default=True),
+        click.option("--train-batch", type=click.IntRange(min=1), default=_D.train_batch, show_default=True),
+        click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only."),
+        click.option("--timesteps", "-T", type=click.IntRange(min=1)),
+        click.option("--seed", type=int, default=_D.seed, show_default=True),
+        click.option("--ablation", callback=_int_list,
+                     help="Search sizes to compare, e.g. 1000,2500,5000 [a fifth, half, all]."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
+    options = dict(options)
+    data_dir = options.pop("data_dir")
+    kernel_sets = tuple(k.strip() for k in options.pop("kernel_sets").split(",") if k.strip())
+    budget = options.pop("budget")
+    return ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
+                           budget=None if budget is None or budget.lower() == "none" else budget, **options), data_dir
+
+
+@main.command("explore")
+@explore_options()
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Study folder.")
+def explore_command(out, **options):
+    """Per kernel set: search, train the top-K under the budget, evaluate; one resumable study folder."""
+    settings, data_dir = settings_from(options)
+    console = Console(stderr=True)
+    explore(settings, out, data_dir, on_stage=lambda stage: console.rule(stage))
+    report_command.main([str(out)], standalone_mode=False)
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Report folder [FOLDER/report].")
+def report_command(folder, out):
+    """Write report.md and figures (PNG, SVG) from an exploration folder's stored results."""
+    study = load_study(folder)
+    out = out or folder / "report"
+    result = write_report(study, out)
+    Console().print(main_table(result["table"]))
+    for line in study.missing:
+        click.echo(f"missing: {line}", err=True)
+    click.echo(f"report: {out / 'report.md'} ({len(result['figures'])} figures)")
+
+
+def main_table(rows: list[dict]) -> Table:
+    table = Table(title="best network per kernel set")
+    if not rows:
+        return table
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(_fmt(k, v) for k, v in row.items()))
+    return table
+
+
+def _fmt(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2%}" if "accuracy" in column else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

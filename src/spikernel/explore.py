@@ -1,0 +1,239 @@
+"""Kernel-size exploration (the method's steps 1, 2 and 4): per kernel set, search, then train the
+top-K cells under the budget; everything lands in one study folder that re-running resumes.
+
+The folder::
+
+    DIR/explore.json                    settings (a rerun must match them)
+    DIR/<kernel set>/search/            a `spikernel search` folder (candidates.csv, selection.json, ...)
+    DIR/<kernel set>/train/<genotype>/  a `spikernel train` folder per trained candidate (result.json, ...)
+    DIR/report/                         `spikernel report DIR`: report.md and figures
+
+Searches and trainings are the `search` and `train` commands themselves, so each one resumes the
+way those do: finished work is never redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, SpikernelError
+from .memory import Budget
+from .report import KernelSetResult, Study
+from .space import KernelSet
+from .storage import read_json, write_json
+
+SETTINGS_FILE = "explore.json"
+
+
+class StudyMismatch(SpikernelError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExploreSettings:
+    kernel_sets: tuple[str, ...] = ("1x1_3x3", "1x1_5x5", "1x1_7x7")
+    dataset: str = "fashion-mnist-mini"
+    preset: str = "fmnist-small"
+    cell: str = "backward"
+    candidates: int = 100
+    budget: str | None = None
+    bits: int = 32
+    top_k: int = 3
+    epochs: int = 3
+    score_batch: int = 64
+    repeats: int = 2
+    train_batch: int = 64
+    limit_train: int | None = None
+    timesteps: int | None = None
+    seed: int = 0
+    ablation: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        names = [KernelSet.parse(k).name for k in self.kernel_sets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"kernel set listed twice: {', '.join(duplicates)}")
+        if not names:
+            raise ConfigError("give at least one kernel set")
+        object.__setattr__(self, "kernel_sets", tuple(names))
+        object.__setattr__(self, "ablation", tuple(sorted(set(self.ablation) or self.default_ablation())))
+        if self.budget:
+            Budget.parse(self.budget, self.bits)  # fail early on a malformed budget
+
+    def default_ablation(self) -> tuple[int, ...]:
+        """SpiKernel's 1000 vs 2500 vs 5000 scaled to this search: a fifth, a half and all of it."""
+        return tuple(sorted({max(1, self.candidates // 5), max(1, self.candidates // 2), self.candidates}))
+
+    @property
+    def budget_limit(self) -> Budget | None:
+        return Budget.parse(self.budget, self.bits) if self.budget else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
+
+
+def slug(genotype: str) -> str:
+    return genotype.replace(" ", "-")
+
+
+def open_study(out: Path, settings: ExploreSettings) -> None:
+    """Create the study folder, or check that an existing one was made with the same settings."""
+    path = out / SETTINGS_FILE
+    if path.exists():
+        stored = read_json(path)
+        mine = settings.to_dict()
+        diff = [f"{k}: {stored.get(k)!r} -> {mine[k]!r}" for k in mine if k != "data_dir" and stored.get(k) != mine[k]]
+        if diff:
+            raise StudyMismatch(f"{out} was created with different settings ({'; '.join(diff)}); use another --out")
+        return
+    write_json(path, settings.to_dict())
+
+
+def load_settings(out: Path) -> ExploreSettings:
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        raise ConfigError(f"{out} is not an exploration folder (no {SETTINGS_FILE})")
+    data = read_json(path)
+    data["kernel_sets"], data["ablation"] = tuple(data["kernel_sets"]), tuple(data.get("ablation", ()))
+    return ExploreSettings(**data)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def search_args(settings: ExploreSettings, kernel_set: str, out: Path, data_dir: str | None) -> list[str]:
+    args = ["--dataset", settings.dataset, "--kernels", kernel_set, "--candidates", str(settings.candidates),
+            "--bits", str(settings.bits), "--cell", settings.cell, "--batch", str(settings.score_batch),
+            "--repeats", str(settings.repeats), "--preset", settings.preset, "--seed", str(settings.seed),
+            "--top", str(max(settings.top_k, 10)), "--out", str(out)]
+    if settings.budget:
+        args += ["--budget", settings.budget]
+    if settings.timesteps:
+        args += ["--timesteps", str(settings.timesteps)]
+    if data_dir:
+        args += ["--data-dir", data_dir]
+    return args
+
+
+def train_args(settings: ExploreSettings, genotype: str, out: Path, data_dir: str | None) -> list[str]:
+    args = ["--genotype", genotype, "--dataset", settings.dataset, "--epochs", str(settings.epochs),
+            "--batch", str(settings.train_batch), "--preset", settings.preset, "--seed", str(settings.seed),
+            "--out", str(out)]
+    if settings.limit_train:
+        args += ["--limit-train", str(settings.limit_train)]
+    if settings.timesteps:
+        args += ["--timesteps", str(settings.timesteps)]
+    if data_dir:
+        args += ["--data-dir", data_dir]
+    return args
+
+
+def preflight(settings: ExploreSettings, data_dir: str | None) -> None:
+    """Fail before the folder exists: unreadable dataset, or a budget no cell of the preset meets."""
+    from .data import load_dataset
+    from .model import get_preset
+    from .search import check_budget_reachable
+
+    data = load_dataset(settings.dataset, data_dir)
+    macro = get_preset(settings.preset, timesteps=settings.timesteps, in_channels=data.in_channels,
+                       image_size=data.image_size, num_classes=data.num_classes)
+    check_budget_reachable(settings.budget_limit, macro)
+
+
+def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
+            run_command: Callable[[str, list[str]], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> Study:
+    """Search every kernel set, then train each one's top-K under the budget; resumable."""
+    from .cli import search as search_cli, train as train_cli  # the commands are the engine
+
+    commands = {"search": search_cli.search, "train": train_cli.train}
+    run_command = run_command or (lambda name, args: commands[name].main(args, standalone_mode=False))
+    preflight(settings, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    open_study(out, settings)
+    for kernel_set in settings.kernel_sets:
+        search_dir = out / kernel_set / "search"
+        if on_stage:
+            on_stage(f"search {kernel_set}")
+        run_command("search", search_args(settings, kernel_set, search_dir, data_dir))
+        for row in read_json(search_dir / "selection.json")["top"][: settings.top_k]:
+            if on_stage:
+                on_stage(f"train {kernel_set} {row['genotype']}")
+            run_command("train", train_args(settings, row["genotype"], out / kernel_set / "train" / slug(row["genotype"]),
+                                            data_dir))
+    return load_study(out)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def _number(text: str) -> float | int | None:
+    if text in ("", None):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
+
+
+def read_candidates(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
+            row[key] = _number(row.get(key, ""))
+        if row["score"] is not None and not math.isfinite(row["score"]):
+            row["score"] = None
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def load_study(out: Path) -> Study:
+    """What the folder holds, and a list of what is missing (nothing is run)."""
+    settings = load_settings(out)
+    budget = settings.budget_limit
+    info = {**settings.to_dict(), "budget_limit": budget.limit if budget else None,
+            "budget_unit": budget.unit if budget else None}
+    results, missing = [], []
+    for kernel_set in settings.kernel_sets:
+        result = KernelSetResult(kernel_set)
+        search_dir = out / kernel_set / "search"
+        if (search_dir / "search.json").exists():
+            result.candidates = read_candidates(search_dir / "candidates.csv")
+            report = read_json(search_dir / "search.json")
+            result.search_seconds = report.get("time", {}).get("scoring_seconds_total")
+            top = read_json(search_dir / "selection.json")["top"][: settings.top_k]
+            for row in top:
+                run = out / kernel_set / "train" / slug(row["genotype"]) / "result.json"
+                if run.exists():
+                    trained = read_json(run)
+                    result.trained.append({**{k: row[k] for k in ("genotype", "params", "footprint_bytes", "score")},
+                                           "test_acc": _test_accuracy(trained)})
+                else:
+                    missing.append(f"{kernel_set}: training of {row['genotype']} not finished")
+        else:
+            missing.append(f"{kernel_set}: search not finished")
+        results.append(result)
+    return Study(info, results, missing)
+
+
+def _test_accuracy(result: dict) -> float:
+    try:
+        return float(result["test"]["test_acc"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError("a training result.json has no test accuracy") from None
+
+
+@dataclass
+class Selection:
+    kernel_set: str
+    row: dict = field(default_factory=dict)
+
+
+def select(study: Study) -> Selection | None:
+    """The most accurate trained network under the study's budget, across kernel sets (step 4)."""
+    limit, key = study.settings.get("budget_limit"), study.cost_key
+    picks = [Selection(r.kernel_set, row) for r in study.results for row in r.trained
+             if limit is None or row[key] <= limit]
+    return max(picks, key=lambda s: s.row["test_acc"], default=None)
