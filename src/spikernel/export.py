@@ -303,3 +303,141 @@ def compare_nir(graph, step: StepGraph, folded: SNN, images: torch.Tensor, simul
         "mismatched_spikes": mismatched,
         "max_logit_error": float((logits - ref_logits).abs().max()),
     }
+
+
+@torch.no_grad()
+def check_nir_file(path: str | os.PathLike, step: StepGraph, folded: SNN, images: torch.Tensor) -> dict:
+    """Read a NIR file back, simulate it and compare with the PyTorch model; raise on any difference."""
+    import nir
+
+    report = compare_nir(nir.read(str(path)), step, folded, images)
+    scale = 1.0 + float(folded(images).abs().max())
+    if report["mismatched_spikes"] or report["max_logit_error"] > 1e-4 * scale:
+        raise ExportError(f"the NIR graph read back does not reproduce the network: {report['mismatched_spikes']} "
+                          f"spikes differ per layer, logits by up to {report['max_logit_error']:.3g}")
+    return report
+
+
+def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor) -> dict:
+    """Write ``model`` (folded) as a NIR file, only once the file read back gives the same spikes.
+
+    ``images`` are normalised sample inputs [B, C, H, W]; returns the comparison report.
+    """
+    import nir
+
+    folded = (model if is_folded(model) else fold(model)).float()
+    graph, step = to_nir(folded, images[:1].float())
+    report = {}
+
+    def write(tmp):
+        nir.write(tmp, graph)
+        report.update(check_nir_file(tmp, step, folded, images.float()))
+
+    _atomic(Path(path), write)
+    report["nodes"] = len(graph.nodes)
+    report["delays"] = sum(type(n).__name__ == "Delay" for n in graph.nodes.values())
+    return report
+
+
+# --------------------------------------------------------------------------- safetensors
+
+WEIGHTS_FORMAT = "spikernel-weights/1"
+
+
+def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32) -> dict:
+    """Weights as safetensors plus ``<name>.json`` with the architecture ``load_exported`` rebuilds.
+
+    32 bits: the trained state dict as is (BatchNorm included). 16, 8, 4 bits: the folded network
+    with its weights at that width: float16, or integer codes (int8 tensors; 4-bit codes lie in
+    [-7, 7], unpacked) with a float32 ``<name>.scale`` per output channel.
+    """
+    from safetensors.torch import save_file
+
+    from .memory import check_bits
+    from .quantize import measured_size, quantize, quantize_codes
+
+    check_bits(bits)
+    path = Path(path)
+    if bits == 32:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    else:
+        folded = quantize(model, bits)
+        tensors = {}
+        weights = {f"{n}.weight" for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        for name, value in folded.state_dict().items():
+            if name in weights and bits < 16:
+                tensors[name], tensors[f"{name}.scale"] = quantize_codes(value, bits)
+            else:
+                tensors[name] = value.half() if bits == 16 else value.float()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    architecture = {
+        "format": WEIGHTS_FORMAT,
+        "genotype": model.genotype.to_dict(),
+        "macro": model.macro.to_dict(),
+        "bits": bits,
+        "folded": bits != 32,
+        "weights": path.name,
+    }
+    if bits != 32:
+        architecture["deployed"] = measured_size(model, bits).to_dict()
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"architecture": json.dumps(architecture)}))
+    write_json(path.with_suffix(".json"), architecture)
+    return {**architecture, "file_bytes": path.stat().st_size}
+
+
+def load_exported(path: str | os.PathLike) -> SNN:
+    """Rebuild the network ``export_safetensors`` wrote (the ``.json`` or the ``.safetensors`` path)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    spec_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    try:
+        spec = read_json(spec_path)
+        if spec.get("format") != WEIGHTS_FORMAT:
+            raise ExportError(f"{spec_path} is not a spikernel weights file (format {spec.get('format')!r})")
+        model = build_model(Genotype.from_dict(spec["genotype"]), MacroConfig.from_dict(spec["macro"]))
+        tensors = load_file(str(weights_path))
+    except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as exc:
+        raise ExportError(f"cannot read exported network {path}: {exc}") from None
+    if spec["folded"]:
+        model = fold(model)
+        for name in [k for k in tensors if k.endswith(".scale")]:
+            weight = name.removesuffix(".scale")
+            codes = tensors.pop(weight).float()
+            tensors[weight] = codes * tensors.pop(name).view(-1, *[1] * (codes.dim() - 1))
+        tensors = {k: v.float() for k, v in tensors.items()}
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ExportError(f"{weights_path} does not match its architecture: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
+    """The trained network of a run folder and its ``result.json``."""
+    from .storage import load_weights
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ExportError(f"run folder {run} does not exist")
+    result_path, weights = run / "result.json", run / "model.safetensors"
+    if not result_path.is_file():
+        raise ExportError(f"{run} is not a finished run (no result.json): train it first")
+    if not weights.is_file():
+        raise ExportError(f"{run} has no trained weights (model.safetensors): train it first")
+    result = read_json(result_path)
+    if not result.get("history"):
+        raise ExportError(f"{run} was never trained (its result.json records no epochs)")
+    try:
+        model = build_model(Genotype.from_dict(result["genotype"]), MacroConfig.from_dict(result["macro"]))
+    except KeyError as exc:
+        raise ExportError(f"{result_path} lacks {exc}: not a spikernel run") from None
+    try:
+        load_weights(weights, model)
+    except (RuntimeError, OSError) as exc:
+        raise ExportError(f"{weights} does not match the run's architecture: {str(exc).splitlines()[0]}") from None
+    return model.eval(), result

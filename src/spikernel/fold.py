@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from spikingjelly.activation_based import layer
+from spikingjelly.activation_based import functional, layer
 from torch import nn
 
 from .model import SNN
@@ -84,6 +84,7 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
 
 def fold(model: SNN) -> SNN:
     """An eval-mode copy of ``model`` with every BatchNorm folded away (see the module docstring)."""
+    functional.reset_net(model)  # neuron state left by a training step is not copyable (it has a graph)
     folded = copy.deepcopy(model).eval()
     folded.stem = _fold_sequential(folded.stem)
     for cell in (folded.cell1, folded.cell2):

@@ -15,6 +15,7 @@ import copy
 from dataclasses import asdict, dataclass
 
 import torch
+from spikingjelly.activation_based import functional
 from torch import nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
@@ -74,7 +75,11 @@ def _vectors(model: nn.Module) -> list[torch.Tensor]:
 def quantize(model: nn.Module, bits: int) -> nn.Module:
     """A folded (eval-mode) copy of ``model`` whose weights are stored at ``bits``."""
     check_bits(bits)
-    model = copy.deepcopy(model).eval() if is_folded(model) else fold(model)
+    if is_folded(model):
+        functional.reset_net(model)
+        model = copy.deepcopy(model).eval()
+    else:
+        model = fold(model)
     for layer in _weight_layers(model):
         layer.weight.copy_(quantize_weight(layer.weight, bits)[0])
     if bits == 16:

@@ -1,0 +1,66 @@
+"""BatchNorm folding: the folded network computes what the trained one computes in eval mode."""
+
+import pytest
+import torch
+from torch import nn
+
+from spikernel.export import model_spikes
+from spikernel.fold import ChannelAffine, fold, is_folded
+from spikernel.model import build_model
+
+CELLS = ["0303 0030 2002 0200", "0302 0030 3003 0000", "0142 0005 0000 0000"]  # backward x2, forward
+
+
+def trained_like(genotype: str, preset: str = "fmnist-tiny", dtype=torch.float64) -> nn.Module:
+    """A network whose BatchNorms hold non-trivial statistics and affines, as after training."""
+    torch.manual_seed(0)
+    net = build_model(genotype, preset).to(dtype)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 2.0)
+                m.weight.uniform_(-0.5, 2.0)  # negative scales too: folding must keep the sign
+                m.bias.uniform_(-0.3, 0.6)
+    return net.eval()
+
+
+@pytest.mark.parametrize("genotype", CELLS)
+def test_folded_equals_unfolded_in_eval_mode(genotype):
+    net = trained_like(genotype)
+    folded = fold(net)
+    images = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    logits, spikes = model_spikes(net, images)
+    folded_logits, folded_spikes = model_spikes(folded, images)
+    assert sum(s.sum() for s in spikes.values()) > 1000  # the comparison is not between silent networks
+    assert spikes.keys() == folded_spikes.keys()
+    for name in spikes:
+        assert torch.equal(spikes[name], folded_spikes[name]), name
+    torch.testing.assert_close(folded_logits, logits)
+
+
+def test_folded_float32_agrees():
+    net = trained_like(CELLS[0], dtype=torch.float32)
+    images = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fold(net)(images), net(images), atol=1e-3, rtol=1e-3)
+
+
+def test_fold_removes_every_batchnorm_and_keeps_the_original():
+    net = trained_like(CELLS[0])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold(net)
+    assert is_folded(folded) and not is_folded(net)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # BatchNorms before a LIF become affines (reduction and last stage); the rest fold into convs.
+    assert [type(m) for m in folded.modules() if isinstance(m, ChannelAffine)] == [ChannelAffine] * 2
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+
+
+def test_fold_uses_running_statistics_even_from_training_mode():
+    net = trained_like(CELLS[1]).train()
+    folded = fold(net)
+    images = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), net.eval()(images))
