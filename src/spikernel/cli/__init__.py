@@ -42,6 +42,6 @@ def main():
     """Find accurate, small spiking neural networks: kernel-size sets, training-free search, budgets."""
 
 
-from . import evaluate, info, run, sample, search, train  # noqa: E402  (each module adds its command to ``main``)
+from . import evaluate, explore, export, info, run, sample, search, train  # noqa: E402  (each module adds its command to ``main``)
 
-__all__ = ["main", "evaluate", "info", "run", "sample", "search", "train"]
+__all__ = ["main", "evaluate", "export", "info", "run", "sample", "search", "train"]
