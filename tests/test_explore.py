@@ -1,0 +1,116 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from spikernel.cli import main
+from spikernel.errors import ConfigError, KernelSetError
+from spikernel.explore import ExploreSettings, StudyMismatch, explore, load_study, select
+
+TINY = ExploreSettings(kernel_sets=("1x1_3x3", "1x1_5x5"), preset="fmnist-tiny", candidates=5, top_k=2, epochs=1,
+                       limit_train=64, score_batch=8, budget="40K", timesteps=2)
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explore") / "study"
+    explore(TINY, out)
+    return out
+
+
+def test_explore_stores_searches_and_trainings(study_dir):
+    study = load_study(study_dir)
+    assert not study.missing
+    for result in study.results:
+        assert len(result.candidates) == 5 and result.search_seconds is not None
+        assert 1 <= len(result.trained) <= 2
+        assert all(0 <= t["test_acc"] <= 1 and t["params"] <= 40_000 for t in result.trained)
+    chosen = select(study)
+    assert chosen is not None and chosen.row["test_acc"] == max(
+        t["test_acc"] for r in study.results for t in r.trained)
+
+
+def test_rerun_resumes_without_redoing(study_dir):
+    ran = []
+    explore(TINY, study_dir, run_command=lambda name, args: ran.append(name) or _really(name, args))
+    stamps = {p: p.stat().st_mtime_ns for p in study_dir.rglob("result.json")}
+    explore(TINY, study_dir)
+    assert stamps == {p: p.stat().st_mtime_ns for p in study_dir.rglob("result.json")}
+    assert ran.count("search") == 2
+
+
+def _really(name, args):
+    from spikernel.cli import search, train
+
+    {"search": search.search, "train": train.train}[name].main(args, standalone_mode=False)
+
+
+def test_different_settings_are_refused(study_dir):
+    other = ExploreSettings(**{**TINY.to_dict(), "kernel_sets": TINY.kernel_sets, "ablation": TINY.ablation,
+                               "epochs": 2})
+    before = (study_dir / "explore.json").read_text()
+    with pytest.raises(StudyMismatch, match="epochs: 1 -> 2"):
+        explore(other, study_dir)
+    assert (study_dir / "explore.json").read_text() == before
+
+
+def test_report_from_stored_results_alone(study_dir, tmp_path):
+    # keep only the stored result files: no study database, checkpoints or weights
+    copy = tmp_path / "copy"
+    for path in study_dir.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv"):
+            target = copy / path.relative_to(study_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    code, out, err = cli("report", str(copy))
+    assert code == 0, err
+    for name in ("accuracy_vs_memory", "score_vs_accuracy", "search_score_vs_params", "ablation_search_time"):
+        for fmt in ("png", "svg"):
+            assert (copy / "report" / f"{name}.{fmt}").stat().st_size > 1000
+    text = (copy / "report" / "report.md").read_text()
+    assert "1x1_3x3" in text and "1x1_5x5" in text and "Training-free score vs trained accuracy" in text
+    assert "## Missing" not in text
+    assert "best network per kernel set" in out
+
+
+def test_report_on_half_finished_folder(study_dir, tmp_path):
+    half = tmp_path / "half"
+    shutil.copytree(study_dir, half, ignore=shutil.ignore_patterns("report"))
+    shutil.rmtree(half / "1x1_5x5")
+    code, out, err = cli("report", str(half))
+    assert code == 0
+    assert "missing: 1x1_5x5: search not finished" in err
+    assert "1x1_5x5: search not finished" in (half / "report" / "report.md").read_text()
+
+
+def test_report_on_empty_or_foreign_folder(tmp_path):
+    code, _, err = cli("report", str(tmp_path))
+    assert code == 2 and err.startswith("error:") and "not an exploration folder" in err
+
+
+@pytest.mark.parametrize("kernel_sets,error", [
+    (("1x1_3x3", "1x1_3x3"), ConfigError), (("1x1_3x3", "3x3_1x1"), ConfigError), (("1x1_4x4",), KernelSetError),
+    (("1x1_3x3", "banana"), KernelSetError)])
+def test_bad_kernel_set_lists(kernel_sets, error):
+    with pytest.raises(error):
+        ExploreSettings(kernel_sets=kernel_sets)
+
+
+def test_explore_cli_bad_input_is_one_line(tmp_path):
+    code, _, err = cli("explore", "--kernel-sets", "1x1_3x3,1x1_3x3", "--out", str(tmp_path / "x"))
+    assert code == 2 and err.count("\n") == 1 and "listed twice" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = cli("explore", "--budget", "1K", "-p", "fmnist-tiny", "--out", str(tmp_path / "y"))
+    assert code == 2 and "no candidate can meet the budget" in err and not (tmp_path / "y").exists()
+
+
+def test_settings_round_trip():
+    data = json.loads(json.dumps(TINY.to_dict()))
+    assert ExploreSettings(**{**data, "kernel_sets": tuple(data["kernel_sets"]),
+                              "ablation": tuple(data["ablation"])}) == TINY
