@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import functional, layer
 from torch import nn
 
 from .errors import SpikernelError
@@ -171,17 +171,31 @@ def _rewire(graph, step: StepGraph):
     drop |= {name for name, node in nodes.items() if isinstance(node, nir.Output) and name != final}
     edges = [(rename.get(s, s), rename.get(t, t)) for s, t in edges if s not in drop or s in rename]
     edges = [(s, t) for s, t in edges if s not in drop and t not in drop]
-    repeated = sorted({e for e in edges if edges.count(e) > 1})
-    if repeated:
-        raise ExportError(f"cell {step.cell1.genotype}: two paths of skip edges join the same modules "
-                          f"({', '.join(f'{s} -> {t}' for s, t in repeated)}); a NIR edge has no weight to count both")
     return nir.NIRGraph(nodes={n: v for n, v in nodes.items() if n not in drop}, edges=edges, type_check=True)
+
+
+def check_expressible(genotype: Genotype) -> None:
+    """Raise ``ExportError`` naming the element of a cell that a NIR graph cannot hold.
+
+    A NIR edge has no weight and the exporter keeps one edge per pair of modules, so a node that
+    reaches another along two paths of forward skip edges (adding its value twice) is lost.
+    """
+    g = genotype.pruned()
+    for a in range(NODES):
+        paths = [0] * NODES
+        paths[a] = 1
+        for b in range(a + 1, NODES):
+            paths[b] = sum(paths[c] for c, bb, code in g.forward_edges if bb == b and code == SKIP)
+            if paths[b] > 1:
+                raise ExportError(f"cell {g}: node {a} reaches node {b} along {paths[b]} paths of skip edges, "
+                                  "adding its value more than once, and a NIR edge has no weight to say so")
 
 
 def to_nir(model: SNN, example: torch.Tensor):
     """(NIR graph, the ``StepGraph`` it was traced from) of ``model``, folded first, on an example batch."""
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
+    check_expressible(model.genotype)
     folded = model if is_folded(model) else fold(model)
     step = StepGraph(folded)
     graph = export_to_nir(step, example.to(next(step.parameters()).dtype), dt=NIR_DT)
@@ -344,12 +358,13 @@ def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor) -> dic
 WEIGHTS_FORMAT = "spikernel-weights/1"
 
 
-def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32) -> dict:
+def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, dataset: str | None = None) -> dict:
     """Weights as safetensors plus ``<name>.json`` with the architecture ``load_exported`` rebuilds.
 
-    32 bits: the trained state dict as is (BatchNorm included). 16, 8, 4 bits: the folded network
+    32 bits: the trained state dict as is (BatchNorm included), with the metadata of the training
+    engine's weights files, so ``spikernel evaluate --run FILE`` reads it too. 16, 8, 4 bits: the folded network
     with its weights at that width: float16, or integer codes (int8 tensors; 4-bit codes lie in
-    [-7, 7], unpacked) with a float32 ``<name>.scale`` per output channel.
+    [-7, 7], unpacked) with a float32 ``<name>.weight_scale`` per output channel.
     """
     from safetensors.torch import save_file
 
@@ -366,7 +381,7 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32) -> d
         weights = {f"{n}.weight" for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         for name, value in folded.state_dict().items():
             if name in weights and bits < 16:
-                tensors[name], tensors[f"{name}.scale"] = quantize_codes(value, bits)
+                tensors[name], tensors[f"{name}_scale"] = quantize_codes(value, bits)
             else:
                 tensors[name] = value.half() if bits == 16 else value.float()
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -380,7 +395,13 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32) -> d
     }
     if bits != 32:
         architecture["deployed"] = measured_size(model, bits).to_dict()
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"architecture": json.dumps(architecture)}))
+    metadata = {"architecture": json.dumps(architecture)}
+    if bits == 32 and dataset:
+        from .checkpoint import FORMAT
+
+        metadata.update(format=FORMAT, genotype=str(model.genotype), macro=json.dumps(model.macro.to_dict()),
+                        dataset=dataset)
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     write_json(path.with_suffix(".json"), architecture)
     return {**architecture, "file_bytes": path.stat().st_size}
 
@@ -402,8 +423,8 @@ def load_exported(path: str | os.PathLike) -> SNN:
         raise ExportError(f"cannot read exported network {path}: {exc}") from None
     if spec["folded"]:
         model = fold(model)
-        for name in [k for k in tensors if k.endswith(".scale")]:
-            weight = name.removesuffix(".scale")
+        for name in [k for k in tensors if k.endswith(".weight_scale")]:
+            weight = name.removesuffix("_scale")
             codes = tensors.pop(weight).float()
             tensors[weight] = codes * tensors.pop(name).view(-1, *[1] * (codes.dim() - 1))
         tensors = {k: v.float() for k, v in tensors.items()}
@@ -418,26 +439,22 @@ def load_exported(path: str | os.PathLike) -> SNN:
 
 
 def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
-    """The trained network of a run folder and its ``result.json``."""
-    from .storage import load_weights
+    """The trained network of a run and {"dataset", "source"}.
+
+    ``run`` is a ``spikernel train`` folder (final weights, else its last finished epoch), a
+    ``spikernel run`` folder (the network its selection chose) or a weights file.
+    """
+    from .checkpoint import RUN_FILE, load_model
 
     run = Path(run)
-    if not run.is_dir():
-        raise ExportError(f"run folder {run} does not exist")
-    result_path, weights = run / "result.json", run / "model.safetensors"
-    if not result_path.is_file():
-        raise ExportError(f"{run} is not a finished run (no result.json): train it first")
-    if not weights.is_file():
-        raise ExportError(f"{run} has no trained weights (model.safetensors): train it first")
-    result = read_json(result_path)
-    if not result.get("history"):
-        raise ExportError(f"{run} was never trained (its result.json records no epochs)")
-    try:
-        model = build_model(Genotype.from_dict(result["genotype"]), MacroConfig.from_dict(result["macro"]))
-    except KeyError as exc:
-        raise ExportError(f"{result_path} lacks {exc}: not a spikernel run") from None
-    try:
-        load_weights(weights, model)
-    except (RuntimeError, OSError) as exc:
-        raise ExportError(f"{weights} does not match the run's architecture: {str(exc).splitlines()[0]}") from None
-    return model.eval(), result
+    if not run.exists():
+        raise ExportError(f"run {run} does not exist")
+    if run.is_dir() and not (run / RUN_FILE).exists() and (run / "selection.json").is_file():
+        selection = read_json(run / "selection.json")
+        if "run" not in selection:
+            raise ExportError(f"{run}/selection.json names no trained run")
+        run = run / selection["run"]
+    if run.is_dir() and not (run / RUN_FILE).exists():
+        raise ExportError(f"{run} is not a training run (no {RUN_FILE}): train one with spikernel train --out")
+    model, spec, source = load_model(run)  # a folder with no finished epoch: "has no weights yet"
+    return model.eval(), {"dataset": spec.dataset, "source": source, "genotype": spec.genotype}

@@ -16,10 +16,8 @@ from .options import BITS
 FORMATS = ("nir", "safetensors")
 
 
-def sample_images(result: dict, count: int, data_dir: str | None):
+def sample_images(name: str, count: int, data_dir: str | None):
     """The first ``count`` test images of the run's dataset, normalised, to check the export on."""
-    name = result.get("dataset", {}).get("name") or result.get("settings", {}).get("dataset", "fashion-mnist-mini")
-    data_dir = data_dir or result.get("settings", {}).get("data_dir")
     try:
         dataset = load_dataset(name, data_dir)
     except SpikernelError as exc:
@@ -29,31 +27,32 @@ def sample_images(result: dict, count: int, data_dir: str | None):
 
 @main.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder with result.json and model.safetensors.")
+              help="A `spikernel train` folder, a `spikernel run` folder or a model .safetensors file.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="nir", show_default=True)
 @click.option("--bits", type=BITS, default="32", show_default=True,
               help="safetensors: weight width (32 = the trained weights as is; 16/8/4 = folded and quantized).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file [RUN/network.nir or RUN/network[-Bbit].safetensors].")
+              help="Output file [next to the weights: network.nir, network[-Bbit].safetensors].")
 @click.option("--check-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="NIR: test images the file read back must reproduce spike for spike.")
 @click.option("--data-dir", type=click.Path(), help="Directory with the run's dataset files.")
 def export(run_dir, fmt, bits, out, check_images, data_dir):
     """Write a trained network as a NIR graph (checked by simulation) or as safetensors + JSON."""
     console = Console()
-    model, result = load_run(run_dir)
+    model, info = load_run(run_dir)
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
     bits = int(bits)
     if fmt == "nir":
         if bits != 32:
             raise ExportError("--bits applies to --format safetensors; a NIR graph holds float32 weights")
-        out = out or run_dir / "network.nir"
-        report = export_nir(model, out, sample_images(result, check_images, data_dir))
+        out = out or folder / "network.nir"
+        report = export_nir(model, out, sample_images(info["dataset"], check_images, data_dir))
         console.print(f"wrote {out}: {report['nodes']} NIR nodes ({report['delays']} one-step delays for backward "
                       f"edges); read back and simulated on {report['images']} test images: all "
                       f"{report['spikes']:,} spikes of {report['lif_layers']} LIF layers equal, logits within "
                       f"{report['max_logit_error']:.1e}")
         return
-    out = out or run_dir / ("network.safetensors" if bits == 32 else f"network-{bits}bit.safetensors")
-    report = export_safetensors(model, out, bits)
+    out = out or folder / ("network.safetensors" if bits == 32 else f"network-{bits}bit.safetensors")
+    report = export_safetensors(model, out, bits, info["dataset"])
     console.print(f"wrote {out} ({report['file_bytes']:,} bytes) and {out.with_suffix('.json')}"
                   + (f"; deployed size at {bits} bits: {report['deployed']['bytes']:,} bytes" if bits != 32 else ""))
