@@ -92,6 +92,15 @@ class OpsReport:
     def energy_pj(self) -> float:
         return self.sops * self.energy_model.e_ac + self.stem_macs * self.energy_model.e_mac
 
+    def rows(self) -> list[tuple[str, str]]:
+        """Label / value pairs for a report table."""
+        e = self.energy_model
+        return [
+            ("synaptic ops / image", f"{self.sops:,.0f} accumulates ({self.timesteps} steps)"),
+            ("stem MACs / image", f"{self.stem_macs:,} (runs once)"),
+            ("energy / image", f"{self.energy_pj / 1e6:.3f} uJ (AC {e.e_ac} pJ, MAC {e.e_mac} pJ)"),
+        ] + [(f"  SOPs {s.name}", f"{s.sops:,.0f}") for s in self.synapses]
+
     def to_dict(self) -> dict:
         return {
             "images": self.images,
@@ -149,59 +158,80 @@ def _kind(module: nn.Module) -> str:
     return "linear"
 
 
+class OpCounter:
+    """Counts spikes and operations of an ``SNN`` while it runs (a context manager).
+
+    Hooks only observe, so the counts can ride along another pass over the data, such as the
+    accuracy evaluation: ``with OpCounter(model) as ops: evaluate(model, ...)``, then ``ops.report()``.
+    """
+
+    def __init__(self, model, energy_model: EnergyModel | None = None):
+        self.model, self.energy_model = model, energy_model or EnergyModel()
+        self.lif_names = {m: n for n, m in model.named_modules() if is_lif(m)}
+        self.synapses = synapses(model)
+        self.spikes = {n: 0.0 for n in self.lif_names.values()}
+        self.neurons: dict[str, int] = {}
+        self.syn_spikes = {name: 0.0 for name, *_ in self.synapses}
+        self.sops = {name: 0.0 for name, *_ in self.synapses}
+        self.images = self.stem_macs = 0
+        self.handles = []
+
+    def __enter__(self) -> OpCounter:
+        self.handles = [m.register_forward_hook(self._on_lif) for m in self.lif_names]
+        self.handles += [m.register_forward_hook(self._on_synapse(name, area)) for name, m, area in self.synapses]
+        stem = next(m for m in self.model.stem if isinstance(m, nn.Conv2d))
+        self.handles.append(stem.register_forward_hook(self._on_stem))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    @torch.no_grad()
+    def _on_lif(self, module, _inputs, output):
+        name = self.lif_names[module]
+        self.spikes[name] += float(output.sum(dtype=torch.float64))
+        self.neurons[name] = output[0, 0].numel()
+
+    def _on_synapse(self, name, area):
+        @torch.no_grad()
+        def hook(module, inputs, _output):
+            x = inputs[0]
+            count = float(x.sum(dtype=torch.float64)) * area  # pooled spikes x pooled area = spikes
+            self.syn_spikes[name] += count
+            self.sops[name] += conv_sops(x, module) * area if isinstance(module, nn.Conv2d) else count * module.out_features
+        return hook
+
+    def _on_stem(self, module, _inputs, output):
+        self.images += output.shape[0]
+        self.stem_macs += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+
+    def report(self) -> OpsReport:
+        if not self.images:
+            raise ConfigError("no images to measure spikes on")
+        n, steps = self.images, self.model.macro.timesteps
+        return OpsReport(
+            images=n,
+            timesteps=steps,
+            lif=[LayerSpikes(name, self.neurons.get(name, 0), self.spikes[name] / n,
+                             self.spikes[name] / n / (self.neurons[name] * steps) if self.neurons.get(name) else 0.0)
+                 for name in self.lif_names.values()],
+            synapses=[LayerSops(name, _kind(m), self.syn_spikes[name] / n, self.sops[name] / n)
+                      for name, m, _ in self.synapses],
+            stem_macs=self.stem_macs // n,
+            energy_model=self.energy_model,
+        )
+
+
 @torch.no_grad()
 def measure(model, batches, energy_model: EnergyModel | None = None) -> OpsReport:
     """Run ``model`` (eval mode) on normalised image batches and count spikes and operations."""
     model.eval()
-    lif_names = {m: n for n, m in model.named_modules() if is_lif(m)}
-    spikes = {n: 0.0 for n in lif_names.values()}
-    neurons: dict[str, int] = {}
-    syn = synapses(model)
-    syn_spikes = {name: 0.0 for name, *_ in syn}
-    sops = {name: 0.0 for name, *_ in syn}
-    stem_macs = [0]
-
-    def on_lif(module, _inputs, output):
-        name = lif_names[module]
-        spikes[name] += float(output.sum(dtype=torch.float64))
-        neurons[name] = output[0, 0].numel()
-
-    def on_synapse(name, area):
-        def hook(module, inputs, _output):
-            x = inputs[0]
-            count = float(x.sum(dtype=torch.float64)) * area  # pooled spikes x pooled area = spikes
-            syn_spikes[name] += count
-            sops[name] += conv_sops(x, module) * area if isinstance(module, nn.Conv2d) else count * module.out_features
-        return hook
-
-    def on_stem(module, inputs, output):
-        stem_macs[0] += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-
-    handles = [m.register_forward_hook(on_lif) for m in lif_names]
-    handles += [m.register_forward_hook(on_synapse(name, area)) for name, m, area in syn]
-    stem_conv = next(m for m in model.stem if isinstance(m, nn.Conv2d))
-    handles.append(stem_conv.register_forward_hook(on_stem))
-    images = 0
-    try:
+    with OpCounter(model, energy_model) as counter:
         for batch in batches:
             model(batch)
-            images += len(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not images:
-        raise ConfigError("no images to measure spikes on")
-    timesteps = model.macro.timesteps
-    return OpsReport(
-        images=images,
-        timesteps=timesteps,
-        lif=[LayerSpikes(n, neurons.get(n, 0), spikes[n] / images,
-                         spikes[n] / images / (neurons[n] * timesteps) if neurons.get(n) else 0.0)
-             for n in lif_names.values()],
-        synapses=[LayerSops(name, _kind(m), syn_spikes[name] / images, sops[name] / images) for name, m, _ in syn],
-        stem_macs=stem_macs[0] // images,
-        energy_model=energy_model or EnergyModel(),
-    )
+    return counter.report()
 
 
 def measure_dataset(model, dataset, limit: int | None = None, batch_size: int = 256,

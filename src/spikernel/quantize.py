@@ -148,3 +148,13 @@ def sizes(fp: Footprint, macro: MacroConfig) -> dict[str, dict]:
     """Footprint at every supported width: the budget accounting and the deployed network."""
     return {str(b): {"budget_bytes": fp.bytes(b), "deployed": deployed_size(fp, macro, b).to_dict()}
             for b in BIT_WIDTHS}
+
+
+def footprint_at(genotype, macro: MacroConfig, bits: int) -> dict:
+    """The footprint figures ``spikernel evaluate --bits`` reports for a network at ``bits``."""
+    from .memory import footprint
+    from .space import Genotype
+
+    fp = footprint(Genotype.parse(str(genotype)), macro)
+    return {"bits": bits, "params": fp.params, "budget_bytes": fp.bytes(bits),
+            "deployed_bytes": deployed_size(fp, macro, bits).bytes}

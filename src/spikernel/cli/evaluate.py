@@ -15,7 +15,10 @@ from ..distributed import resolve_device
 from ..errors import ConfigError
 from ..model import MacroConfig
 from ..train import evaluate as evaluate_model
+from ..energy import EnergyModel, OpCounter
+from ..quantize import footprint_at, quantize
 from . import main
+from .options import BITS
 
 
 def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download: bool):
@@ -39,13 +42,21 @@ def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast.")
+@click.option("--bits", type=BITS, default="32", show_default=True,
+              help="Fold BatchNorm and quantize weights to this width first (16 = float16, 8/4 = integers).")
+@click.option("--e-ac", type=float, default=EnergyModel.e_ac, show_default=True, help="pJ per accumulate.")
+@click.option("--e-mac", type=float, default=EnergyModel.e_mac, show_default=True, help="pJ per multiply-accumulate.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(path, dataset, data_dir, download, batch_size, device, amp, as_json):
+def evaluate(path, dataset, data_dir, download, batch_size, device, amp, bits, e_ac, e_mac, as_json):
     """Test-split accuracy (top-1, top-5), loss and per-LIF-layer spike rates of a trained network."""
     model, spec, data, source = load_for_evaluation(path, dataset, data_dir, download)
     device = resolve_device(device)
-    report = evaluate_model(model.to(device), data, batch_size=batch_size, device=device, amp=amp)
-    report = {"weights": source, "genotype": spec.genotype, "dataset": data.name, "images": len(data.test), **report}
+    model = quantize(model, int(bits)) if int(bits) != 32 else model
+    with OpCounter(model, EnergyModel(e_ac, e_mac)) as ops:  # counts ride along the accuracy pass
+        report = evaluate_model(model.to(device), data, batch_size=batch_size, device=device, amp=amp)
+    ops = ops.report()
+    report = {"weights": source, "genotype": spec.genotype, "dataset": data.name, "images": len(data.test), **report,
+              "footprint": footprint_at(spec.genotype, model.macro, int(bits)), "energy": ops.to_dict()}
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -57,6 +68,11 @@ def evaluate(path, dataset, data_dir, download, batch_size, device, amp, as_json
     if top5:
         table.add_row(f"top-{top5[len('test_top'):]} accuracy", f"{report[top5]:.2%}")
     table.add_row("loss", f"{report['test_loss']:.4f}")
+    fp = report["footprint"]
+    table.add_row(f"footprint at {bits} bits", f"{fp['deployed_bytes']:,} B deployed (folded); budget accounting "
+                                                f"{fp['budget_bytes']:,} B")
+    for label, value in ops.rows():
+        table.add_row(label, value)
     table.add_row("spike rate (all LIF)", f"{report['spike_rate']:.4f}")
     for key, value in report.items():
         if key.startswith("spike_rate/"):
