@@ -123,8 +123,8 @@ def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] == 1:
         return norm(x[0]).unsqueeze(0)
     out = torch.empty_like(x)
-    for x_t, out_t in zip(x, out):
-        out_t.copy_(norm(x_t))
+    for t in range(x.shape[0]):
+        out[t] = norm(x[t])
     return out
 
 
@@ -270,6 +270,7 @@ def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
 
 def _score_batch(model: nn.Module, images: torch.Tensor, fast: bool, chunk: int) -> float:
     accumulator = KernelAccumulator()
+    functional.reset_net(model)  # every batch starts from rest (an SNN also does this itself)
     if not (fast and fast_supported(model)):
         with recording(model, accumulator):
             model(images)

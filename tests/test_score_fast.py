@@ -1,0 +1,169 @@
+"""The fast scoring path: every piece bit-identical to what it replaces, the score equal to the
+plain path's and to a SNASNet-style scorer's, the model left as it was."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer
+
+from spikernel.layers import TimestepBatchNorm2d
+from spikernel.model import build_model, get_preset
+from spikernel.neuron import is_lif, lif
+from spikernel.score import (
+    KernelAccumulator,
+    avg_pool_steps,
+    batch_norm_steps,
+    lif_scan,
+    sahd_kernel,
+    score_genotype,
+    score_model,
+    scoring_forwards,
+    sibling_lifs,
+)
+from spikernel.space import Genotype, sample_many
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from snasnet_baseline import BaselineSNASNet, make_loader, snasnet_score  # noqa: E402
+
+TINY = get_preset("fmnist-tiny")
+
+
+def spec_kernel(c: np.ndarray) -> np.ndarray:
+    """SPEC 5 written out with SNASNet's two products, in float64."""
+    n = c.shape[1]
+    s = c.sum(1, keepdims=True) / n
+    expected = n * (s @ (1 - s).T + (1 - s) @ s.T)
+    hamming = c @ (1 - c).T + (1 - c) @ c.T
+    return n - (0.5 / (expected + 1e-3)) * hamming
+
+
+def test_kernel_matches_spec_formula():
+    rng = np.random.default_rng(0)
+    c = (rng.random((3, 12, 500)) < [[[0.05]], [[0.3]], [[0.9]]]).astype(np.float64)
+    ours = sahd_kernel(torch.from_numpy(c).float()).numpy()
+    for t in range(3):
+        np.testing.assert_allclose(ours[t], spec_kernel(c[t]), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_lif_scan_fires_exactly_like_spikingjelly(steps):
+    torch.manual_seed(0)
+    x = torch.randn(2 * steps, 3, 4, 5, 5) * 1.5
+    neuron = lif()
+    with torch.no_grad():
+        expected = neuron(x)
+    v = torch.zeros_like(x[0])
+    # in two calls, carrying the state, as a backward cell or a chunked pass does
+    got = torch.cat([lif_scan(x[:steps], v, neuron.tau, neuron.v_threshold),
+                     lif_scan(x[steps:], v, neuron.tau, neuron.v_threshold)])
+    assert torch.equal(got, expected)
+    assert torch.equal(v, neuron.v)
+
+
+def test_batch_norm_steps_is_per_timestep_batch_norm():
+    torch.manual_seed(0)
+    bn = TimestepBatchNorm2d(6)
+    torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+    x = torch.randn(4, 8, 6, 5, 5) * 2 + 1
+    before = bn.running_mean.clone()
+    got = batch_norm_steps(bn, x)
+    assert torch.equal(bn.running_mean, before)  # the score never reads them: left alone
+    with torch.no_grad():
+        expected = torch.stack([torch.nn.functional.batch_norm(x_t, None, None, bn.weight, bn.bias, True)
+                                for x_t in x])
+        assert torch.equal(got, expected)
+        assert torch.equal(got, bn(x))  # the module's own training-mode forward
+        assert torch.equal(batch_norm_steps(bn, x[:1]), bn(x[:1]))
+
+
+@pytest.mark.parametrize("pool", [layer.AvgPool2d(3, 1, 1, step_mode="m"), layer.AvgPool2d(2, 2, step_mode="m")])
+def test_pooling_channels_last_gives_the_same_bits(pool):
+    torch.manual_seed(0)
+    x = (torch.rand(3, 4, 8, 14, 14) > 0.7).float() * torch.randn(3, 4, 8, 14, 14)
+    got = avg_pool_steps(pool, x)
+    assert torch.equal(got, pool(x))
+    assert got.is_contiguous()  # the convolutions after it must see NCHW
+
+
+def test_sibling_lifs_group_the_edges_leaving_one_node():
+    # node 0 feeds conv edges to nodes 1 and 3; node 2 feeds 3 (forward) and 0 (backward)
+    net = build_model("0303 0010 2003 0000", TINY)
+    groups = sibling_lifs(net)
+    assert sum(len(g) for g in groups) == sum(1 for m in net.modules() if is_lif(m))
+    sizes = sorted(len(g) for g in groups)
+    assert sizes.count(2) == 4  # {0->1, 0->3} and {2->3, 2->0} in each of the two cells
+    assert sizes.count(1) == 3  # reduction, last and head LIFs
+
+
+@pytest.mark.parametrize("genotype", [str(g) for g in sample_many("1x1_3x3_5x5", "backward", 2, seed=2)]
+                         + [str(g) for g in sample_many("1x1_3x3", "forward", 1, seed=2)])
+def test_fast_score_equals_plain_score(genotype):
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+    net = build_model(genotype, TINY)
+    scores = []
+    for options in ({"fast": False}, {}, {"chunk": 3}, {"chunk": TINY.timesteps}):
+        torch.manual_seed(7)  # the same dropout mask each time
+        scores.append(score_model(net, batches, **options))
+    np.testing.assert_allclose(scores, scores[0], rtol=1e-9)
+
+
+def test_fast_scoring_restores_the_model():
+    net = build_model("0302 0030 3003 0000", TINY)
+    state = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    score_model(net, [torch.randn(8, 1, 28, 28)])
+    assert not any("forward" in vars(m) for m in net.modules())  # the swapped-in forwards are gone
+    for key, value in net.state_dict().items():
+        if key in state:
+            assert torch.equal(value, state[key])
+    net.train()
+    out = net(torch.randn(8, 1, 28, 28))  # and it still trains as before
+    out.sum().backward()
+    assert net.stem[0].weight.grad is not None
+
+
+def test_the_accumulator_counts_shared_layers_once_each():
+    net = build_model("0303 0000 0000 0000", TINY)  # node 0 feeds two conv edges in each cell
+    accumulator = KernelAccumulator()
+    functional.reset_net(net)
+    with torch.inference_mode(), scoring_forwards(net, accumulator):
+        net.train()
+        net(torch.randn(8, 1, 28, 28))
+    lifs = sum(1 for m in net.modules() if is_lif(m))
+    assert accumulator.count == lifs * TINY.timesteps
+
+
+def test_other_neurons_take_the_plain_path():
+    from spikingjelly.activation_based import neuron
+
+    torch.manual_seed(0)
+    soft_reset = neuron.LIFNode(tau=2.0, v_reset=None, step_mode="m")  # not what lif_scan computes
+    net = torch.nn.Sequential(layer.Conv2d(1, 4, 3, padding=1, step_mode="m"), soft_reset)
+    batches = [torch.randn(3, 6, 1, 5, 5) * 3]
+    assert score_model(net, batches) == score_model(net, batches, fast=False)
+
+
+def test_score_genotype_is_reproducible():
+    batches = [torch.randn(8, 1, 28, 28)]
+    assert score_genotype("0302 0030 3003 0000", TINY, batches, seed=3) == \
+        score_genotype("0302 0030 3003 0000", TINY, batches, seed=3)
+
+
+@pytest.mark.parametrize("genotype", ["0505 0003 1100 0030", "0304 0004 0000 0000"])
+def test_snasnet_style_scorer_gives_the_same_score(genotype):
+    """The benchmark's baseline: single-step network, hooks with two products, K in NumPy."""
+    torch.manual_seed(0)
+    raw = [torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8) for _ in range(2)]
+    mean, std = (0.286,), (0.353,)
+    batches = [((b.float() / 255) - mean[0]) / std[0] for b in raw]
+    net = build_model(Genotype.parse(genotype), TINY)
+    baseline = BaselineSNASNet(net)
+    torch.manual_seed(5)
+    fast = score_model(net, batches)
+    torch.manual_seed(5)
+    slow = snasnet_score(baseline, make_loader(raw, mean, std), 2, "cpu")
+    assert fast == pytest.approx(slow, rel=1e-9)
