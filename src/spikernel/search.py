@@ -692,7 +692,9 @@ def time_report(trials: Sequence[FrozenTrial], candidates: Sequence[Candidate]) 
 
 
 def counts(candidates: Sequence[Candidate]) -> dict:
-    return {status: sum(c.status == status for c in candidates) for status in (SCORED, DUPLICATE, OVER_BUDGET)}
+    # other statuses (a multi-fidelity search's "screened_out") are listed only when present
+    statuses = [SCORED, DUPLICATE, OVER_BUDGET] + sorted({c.status for c in candidates} - {SCORED, DUPLICATE, OVER_BUDGET})
+    return {status: sum(c.status == status for c in candidates) for status in statuses}
 
 
 def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) -> dict:

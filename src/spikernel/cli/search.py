@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..data import DEFAULT_DATASET, load_dataset
 from ..errors import ConfigError
+from ..fidelity import Fidelity, two_stage
 from ..memory import Budget
 from ..model import get_preset
 from ..pipeline import progress_bar
@@ -45,20 +46,25 @@ from .options import BITS, CELL, KERNELS, PRESET
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates in selection.json's top list.")
 @click.option("--compare-at", type=click.IntRange(min=1),
               help="Also report what the first N candidates of the same seed stream cost and picked (e.g. 1000 of 5000).")
+@click.option("--fidelity", help="Multi-fidelity: score all cheaply, re-score the best at full fidelity, e.g. "
+              "width=0.25,batch=32,top=0.05 (keys width, batch, repeats, timesteps, top) or 'fast'.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
-           seed, sampler, storage, study_name, heartbeat, top, compare_at):
+           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
     started = time.perf_counter()
     bits = int(bits)
     budget = Budget.parse(budget, bits) if budget and budget.lower() != "none" else None
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"--compare-at {compare_at} must be below --candidates {candidates}")
+    fidelity = Fidelity.parse(fidelity) if fidelity else None
     data = load_dataset(dataset, data_dir)
     macro = get_preset(preset, width=width, timesteps=timesteps, in_channels=data.in_channels,
                        image_size=data.image_size, num_classes=data.num_classes)
     check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
     batches, scoring = scoring_data(data, batch, repeats, seed)
+    if fidelity:  # the study holds cheap scores: never mix them with a full-fidelity study's
+        scoring = {**scoring, "fidelity": str(fidelity)}
     spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
 
     if storage is None:
@@ -68,7 +74,8 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
     study = open_study(spec, store, study_name)
 
     console = Console(stderr=True)
-    engine = Search(study, store, spec, make_scorer(macro, batches, seed))
+    cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
+    engine = Search(study, store, spec, make_scorer(*cheap, seed))
     first = engine.view()
     top_score = [max(first.scores().values(), default=None)]
     with progress_bar(console) as progress:
@@ -84,6 +91,11 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
         engine.on_candidate = on_candidate
         found = engine.run()
         progress.update(task, completed=len(found))
+    if fidelity:
+        with progress_bar(console) as progress:
+            task = progress.add_task("full re-score", total=None, info=str(fidelity))
+            found, second = two_stage(found, fidelity, make_scorer(macro, batches, seed),
+                                      on_done=lambda _: progress.advance(task))
 
     wall = time.perf_counter() - started
     trials = study.get_trials(deepcopy=False)
@@ -94,6 +106,7 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
                      "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
         "time": time_report(trials, found),
         "compare": compare_prefix(found, compare_at, spec.bits, trials) if compare_at else None,
+        "fidelity": second if fidelity else None,
     }
     result = write_outputs(out, spec, found, about, top)
     Console().print(summary_table(result, out))
@@ -108,7 +121,8 @@ def summary_table(result: dict, out: Path) -> Table:
         ("kernel set", f"{settings['kernels']} ({settings['cell']} cells, sampler {settings['sampler']})"),
         ("budget", chosen["budget"] or "none"),
         ("candidates", f"{sum(counts.values())}: {counts['scored']} scored, {counts['duplicate']} repeats reused, "
-                       f"{counts['over_budget']} over budget"),
+                       f"{counts['over_budget']} over budget"
+                       + (f", {counts['screened_out']} screened out" if "screened_out" in counts else "")),
         ("this run", f"{report['this_run']['candidates']} candidates in {report['this_run']['wall_seconds']:.1f} s "
                      f"({report['this_run']['candidates_per_second']:.2f}/s)"),
         ("scoring time", f"{timing['scoring_seconds_total']:.1f} s total"
@@ -129,6 +143,11 @@ def summary_table(result: dict, out: Path) -> Table:
         rows.append((f"{at} vs {n}", f"{t_at:.1f} s vs {t_n:.1f} s scoring"
                      + (f"; pick changed: {'yes' if compare['pick_changed'] else 'no'} "
                         f"(the {at}-pick ranks #{compare['rank_of_pick_in_full']} of {n})" if "pick" in compare else "")))
+    second = report.get("fidelity")
+    if second:
+        rows.append(("fidelity", f"{second['screened']} screened at {second['fidelity']} "
+                                 f"({second['cheap_seconds']:.1f} s), best {second['rescored']} re-scored at full "
+                                 f"fidelity ({second['full_seconds']:.1f} s)"))
     rows.append(("files", f"{out}/candidates.csv, selection.json, search.json"))
     for key, value in rows:
         table.add_row(key, value)
