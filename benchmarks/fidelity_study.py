@@ -7,7 +7,8 @@ Every candidate of a seeded search stream is scored at full fidelity (the exhaus
 at each cheap setting of a grid. For each setting it reports Kendall's tau between cheap and full
 scores (scipy), and for each shortlist size whether the two-stage pick (the best full score among
 the top cheap candidates) is the exhaustive pick or within its top 1%, and the compute it took
-(cheap scoring of all + full scoring of the shortlist) against the exhaustive search's.
+(CPU seconds of cheap scoring of all + full scoring of the shortlist) against the exhaustive
+search's.
 Scores are cached in ``--out`` (scores.json), so a rerun only scores what is missing.
 """
 
@@ -35,8 +36,7 @@ from spikernel.storage import read_json, write_json  # noqa: E402
 GRID = [
     "width=0.5", "width=0.25", "width=0.125",
     "batch=32", "batch=16", "timesteps=2", "repeats=1",
-    "width=0.5,batch=32", "width=0.25,batch=32", "width=0.25,batch=16",
-    "width=0.25,batch=32,timesteps=2", "width=0.125,batch=16,repeats=1",
+    "width=0.25,batch=32", "width=0.25,batch=16,repeats=1", "width=0.125,batch=16,repeats=1",
 ]
 TOPS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
@@ -47,9 +47,9 @@ def score_all(genotypes, macro, batches, seed, cache: dict, label: str, save) ->
     todo = [g for g in genotypes if g not in done]
     started = time.perf_counter()
     for i, g in enumerate(todo, 1):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # compute, not waiting: the machine may be shared
         value = score_genotype(g, macro, batches, seed=seed)
-        done[g] = [value if math.isfinite(value) else None, time.perf_counter() - t0]
+        done[g] = [value if math.isfinite(value) else None, time.process_time() - t0]
         if i % 25 == 0 or i == len(todo):
             save()
             print(f"  {label}: {i}/{len(todo)} scored ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -126,15 +126,16 @@ def main(argv=None) -> int:
     report = {"setting": setting, "machine": machine(), "distinct": len(genotypes), "results": results}
     write_json(args.out / "fidelity.json", report)
 
-    print(f"\n{'cheap setting':<34} {'tau':>6} {'rho':>6} {'s/cand':>7}  "
-          + "  ".join(f"top {t:g}: pick rank, x less" for t in TOPS[:3]))
+    print(f"\n{'cheap setting':<32} {'tau':>6} {'rho':>6} {'s/cand':>7}   "
+          + " ".join(f"{f'top {t:g}':>15}" for t in TOPS))
     for r in results:
-        cells = "  ".join(f"{'=' if row['same_pick'] else ('~' if row['within_top_1pct'] else 'x')}"
-                          f"#{row['pick_rank']:<3} {row['compute_ratio']:>5.1f}x" for row in r["rows"][:3])
-        print(f"{r['fidelity']:<34} {r['kendall_tau']:>6.3f} {r['spearman']:>6.3f} "
-              f"{r['cheap_seconds_per_candidate']:>7.3f}  {cells}")
-    print(f"full fidelity: {results[0]['full_seconds_per_candidate']:.3f} s/candidate; "
-          "= same pick as exhaustive, ~ within its top 1%, x neither")
+        cells = " ".join(f"{'=' if row['same_pick'] else ('~' if row['within_top_1pct'] else 'x')}"
+                         f"#{row['pick_rank']:<3} {row['compute_ratio']:>6.1f}x  " for row in r["rows"])
+        print(f"{r['fidelity']:<32} {r['kendall_tau']:>6.3f} {r['spearman']:>6.3f} "
+              f"{r['cheap_seconds_per_candidate']:>7.3f}   {cells}")
+    print(f"full fidelity: {results[0]['full_seconds_per_candidate']:.3f} s/candidate. Per shortlist size: "
+          "the pick's rank by full score (= the exhaustive pick, ~ within its top 1%, x neither) and how many "
+          "times less compute than scoring all at full fidelity")
     return 0
 
 

@@ -159,7 +159,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=int, default=None)
     parser.add_argument("--kernels", default="1x1_3x3_5x5")
     parser.add_argument("--cell", choices=("forward", "backward"), default="backward")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per worker (0: torch's default). 1 keeps timings stable on a shared "
+                             "machine, where waiting OpenMP threads cost more than they gain")
     parser.add_argument("--dataset", default="fashion-mnist-mini")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
