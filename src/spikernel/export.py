@@ -1,21 +1,23 @@
 """Deployment files: a NIR graph (via spikingjelly's NIR exchange) and plain safetensors.
 
 NIR describes one timestep of a network as a graph of nodes (convolutions, pools, linear
-layers, LIF neurons); a node with several incoming edges sums them, and an edge that closes a
-cycle carries the value of the previous step. spikingjelly's exporter traces a single-step
-PyTorch module whose only functions are additions, and it cannot trace a cycle, so export:
+layers, LIF neurons, delays); a node sums everything that reaches it. spikingjelly's exporter
+traces a single-step PyTorch module whose only functions are additions and cannot trace a
+cycle, so export:
 
-1. folds the BatchNorms (it fails on them) and builds ``StepGraph``, one timestep of the folded
-   network made of spikingjelly/torch layers in single-step mode (the average vote over each
+1. folds the BatchNorms (the exporter fails on them) and builds ``StepGraph``, one timestep of
+   the folded network in single-step spikingjelly/torch layers (the average vote over each
    class's output neurons folds into the readout; dropout is gone in eval mode);
-2. traces it with ``export_to_nir``; a backward edge j -> i is cut there: its operation runs on
-   node j after the cell, and node i gets a *marker*, a zero-weight 1x1 convolution of the cell
-   input, so the exporter records who reads node i;
-3. turns each cut into recurrent edges (operation output -> every reader of node i) and drops
-   the markers, except where node i has no other input: there the zero convolution stays, so a
-   simulator breaks the cycle on the recurrent edge rather than somewhere else;
-4. reads the graph back with ``import_from_nir``, simulates T steps on sample images and checks
-   the spikes of every LIF and the logits against the PyTorch model before anything is written.
+2. traces it with ``export_to_nir``, each backward edge j -> i cut: its operation runs on node j
+   after the cell, and zero-weight marker convolutions let the exporter record who reads node i
+   and what the edge carries (see ``StepCell``);
+3. replaces each cut by a one-step ``nir.Delay`` from what the edge carries to every reader of
+   node i, and removes the markers. Bare cycles would not do: nirtorch runs a cycle by delaying
+   one of its edges, chosen by node order, while a cell needs one step on every backward edge,
+   also on edges that close no cycle and in cycles that hold two of them;
+4. reads the written file back, simulates T steps on sample images (``simulate_nir``) and
+   compares every spike of every LIF layer and the logits with the PyTorch model; only a file
+   that passes is kept.
 """
 
 from __future__ import annotations
