@@ -315,6 +315,10 @@ def scoring_batches(images: torch.Tensor, batch_size: int, repeats: int, seed: i
 
 
 def score_genotype(genotype, macro, batches: Sequence[torch.Tensor], seed: int = 0) -> float:
-    """Score a freshly initialised network (weights seeded, so the score is reproducible)."""
+    """Score a freshly initialised network (weights seeded, so the score is reproducible).
+
+    The weights are drawn on the CPU, then moved to the batches' device: the same network anywhere.
+    """
     torch.manual_seed(seed)
-    return score_model(build_model(genotype, macro), batches)
+    net = build_model(genotype, macro)
+    return score_model(net.to(batches[0].device) if len(batches) else net, batches)
