@@ -57,6 +57,26 @@ def fit_line(xs, ys) -> tuple[float, float, float]:
     return a, b, worst
 
 
+def plot(rows: list[dict], a: float, b: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["candidates"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.plot(n, [r["wall_seconds"] for r in rows], "o", label="measured")
+    left.plot([0, max(n)], [a, a + b * max(n)], "-", lw=1, label=f"{a:.0f} s + {b:.2f} s x N")
+    left.set(xlabel="candidates N", ylabel="wall time (s)", title="search time")
+    left.legend(frameon=False)
+    right.plot(n, [r["peak_rss_mib"] for r in rows], "o-")
+    right.set(xlabel="candidates N", ylabel="peak RSS (MiB)", title="search peak memory",
+              ylim=(0, 1.2 * max(r["peak_rss_mib"] for r in rows)))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
@@ -68,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fidelity", default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw time and peak memory vs N (PNG)")
     args = parser.parse_args(argv)
     rows = []
     for n in args.sizes:
@@ -79,7 +100,9 @@ def main(argv=None) -> int:
     a, b, worst = fit_line([r["candidates"] for r in rows], [r["wall_seconds"] for r in rows])
     print(f"time = {a:.1f} s + {b:.3f} s x N (largest deviation from the line {worst:.1%}); "
           f"peak RSS {min(r['peak_rss_mib'] for r in rows):.0f}-{max(r['peak_rss_mib'] for r in rows):.0f} MiB")
-    write_json(args.out / "scaling.json", {"settings": vars(args) | {"out": str(args.out)}, "machine": machine(args.threads),
+    if args.plot:
+        plot(rows, a, b, args.plot)
+    write_json(args.out / "scaling.json", {"settings": vars(args) | {"out": str(args.out), "plot": str(args.plot)}, "machine": machine(args.threads),
                                           "rows": rows, "fit": {"intercept_s": a, "seconds_per_candidate": b,
                                                                 "worst_relative_residual": worst}})
     return 0
