@@ -223,8 +223,9 @@ def keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed activations for reuse (process-wide, once; no-op elsewhere).
 
     By default glibc maps every block above a few MB afresh and unmaps it on free, so each new
-    activation page-faults all its pages in again; SNASNet's scorer spends about half its CPU
-    time there. Keeping freed memory costs no extra peak: the next candidate reuses it.
+    activation page-faults all its pages in again (about half of SNASNet's scoring CPU time at
+    CIFAR widths, SPEC 9). Kept memory is reused by the next activation and the next candidate;
+    the measured peak is no higher (docs/BENCHMARKS.md).
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
@@ -234,9 +235,10 @@ def keep_freed_memory() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 1 << 31)
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    m_trim_threshold, m_mmap_threshold, most = -1, -3, 2**31 - 1
+    mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the reusable heap
+    mallopt(m_trim_threshold, most)  # and freed ones stay there
 
 
 def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
