@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,6 +27,7 @@ from .distributed import SINGLE, World, wrap
 from .errors import ConfigError, SpikernelError
 from .fused import fused_neurons
 from .neuron import is_lif
+from .score import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -307,10 +308,7 @@ def fit(model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.d
             start_epoch, history = state["epoch"], state["history"]
     writer = _tensorboard(run_dir) if tensorboard and run_dir is not None and world.is_main else None
     try:
-        with fused_neurons(model, config.fused_lif):
-            step_model = wrap(model, world, device)
-            if config.compile:
-                step_model = torch.compile(step_model)
+        with training_step_model(model, config, device, world) as step_model:
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 row = _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, device,
                                  on_batch, world)
@@ -330,6 +328,19 @@ def fit(model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.d
         if writer is not None:
             writer.close()
     return history
+
+
+@contextmanager
+def training_step_model(model: nn.Module, config: TrainConfig, device: torch.device, world: World = SINGLE):
+    """What the training step calls: ``model`` with fused LIFs, DDP-wrapped and compiled as configured.
+
+    The fused LIFs are swapped back out when the block ends; the weights are ``model``'s throughout.
+    """
+    if device.type == "cpu":
+        keep_freed_memory()  # activations are reused instead of page-faulted in afresh every step
+    with fused_neurons(model, config.fused_lif):
+        step_model = wrap(model, world, device)
+        yield torch.compile(step_model) if config.compile else step_model
 
 
 def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, device, on_batch, world) -> dict:
