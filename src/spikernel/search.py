@@ -433,7 +433,7 @@ class Slots:
     @classmethod
     def of(cls, trials: Iterable[FrozenTrial], total: int) -> Slots:
         slots = cls(total)
-        for t in sorted(trials, key=lambda t: t.number):
+        for t in sorted(trials, key=lambda t: t.number):  # (already sorted: cheap)
             slot = t.user_attrs.get(SLOT_ATTR)
             if slot is None:
                 continue  # not one of ours
@@ -516,13 +516,15 @@ class Search:
         while True:
             slots = self.view()
             missing = slots.missing()
-            claimed = next((t._trial_id for t in slots.waiting if self._claim(t._trial_id)), None)
-            if claimed is not None:  # (trial ids start at 0)
-                self._run_trial(claimed)  # then look again: other workers may have moved meanwhile
+            claimed = next((t for t in slots.waiting if self._claim(t._trial_id)), None)
+            if claimed is not None:
+                self._run_trial(claimed._trial_id, claimed.user_attrs[SLOT_ATTR])  # then look again
             elif missing:
-                created = self.storage.create_new_trial(self.study_id, self._template(self._pick(missing, slots)))
+                slot = self._pick(missing, slots)
+                created = self.storage.create_new_trial(
+                    self.study_id, optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={SLOT_ATTR: slot}))
                 if self._claim(created):  # else another worker took it first: look again
-                    self._run_trial(created)
+                    self._run_trial(created, slot)
             elif slots.running:
                 # Another worker is busy, or a killed one has not gone stale yet: wait, then check.
                 time.sleep(self.poll)
@@ -538,16 +540,6 @@ class Search:
         others = max(slots.running, len(slots.workers - {self.worker}))
         return missing[0] if not others else self._random.choice(missing[: 8 * (others + 1)])
 
-    def _template(self, slot: int) -> FrozenTrial:
-        """A waiting trial for ``slot``; with SNASNet's sampler its cell is known now, so its
-        parameters go in with it (one write instead of one per parameter)."""
-        params, space = {}, {}
-        if isinstance(self.study.sampler, SnasnetSampler):
-            params = genotype_params(self.study.sampler.genotype(slot), self.spec.cell)
-            space = search_space(self.spec.kernel_set, self.spec.cell)
-        return optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=space,
-                                         user_attrs={SLOT_ATTR: slot})
-
     def _claim(self, trial_id: int) -> bool:
         """Take a waiting trial; the storage lets exactly one worker switch it to RUNNING."""
         if self.interval is not None:
@@ -558,9 +550,8 @@ class Search:
         except UpdateFinishedTrialError:
             return False
 
-    def _run_trial(self, trial_id: int) -> None:
+    def _run_trial(self, trial_id: int, slot: int) -> None:
         trial = Trial(self.study, trial_id)
-        slot = trial.user_attrs[SLOT_ATTR]
         with heartbeat(self.storage, trial_id, self.interval):
             try:
                 slots = self.view()
@@ -587,8 +578,15 @@ class Search:
         if self.on_candidate is not None:
             self.on_candidate(candidate)
 
+    def _genotype(self, trial: Trial, slot: int) -> Genotype:
+        """SNASNet's sampler: the slot's cell of the seeded stream (no parameters to store, which
+        saves a write per parameter); other samplers: what they suggest."""
+        if isinstance(self.study.sampler, SnasnetSampler):
+            return self.study.sampler.genotype(slot)
+        return suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
+
     def _evaluate(self, trial: Trial, slot: int, scores: dict[str, float]) -> Candidate:
-        genotype = suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
+        genotype = self._genotype(trial, slot)
         candidate = Candidate(slot, genotype, footprint(genotype, self.spec.macro))
         started = time.perf_counter()
         if self.spec.budget is not None and not self.spec.budget.fits(candidate.footprint):
