@@ -35,10 +35,12 @@ DATASET_PRESETS = {"fashion-mnist": "fmnist", "fashion-mnist-mini": "fmnist-smal
 
 
 def read_search(folder: Path) -> tuple[Genotype, dict | None, str | None]:
-    """The best cell of a ``spikernel search`` folder (selection.json) or ``spikernel run`` folder
-    (result.json), with the macro settings and dataset it was searched with."""
+    """The best cell of a ``spikernel search`` folder (selection.json), a ``spikernel run`` folder (its
+    pick) or a trained run (result.json), with the macro settings and dataset it came with."""
     folder = Path(folder)
     try:
+        if (folder / "selection.json").exists() and "run" in read_json(folder / "selection.json"):
+            folder = folder / read_json(folder / "selection.json")["run"]  # a `spikernel run` folder's pick
         if (folder / "selection.json").exists():
             best = read_json(folder / "selection.json")["best"]
             if best is None:
@@ -47,8 +49,8 @@ def read_search(folder: Path) -> tuple[Genotype, dict | None, str | None]:
             dataset = settings.get("scoring", {}).get("dataset")
             return Genotype.parse(best["genotype"]), settings.get("macro"), dataset
         if (folder / "result.json").exists():
-            result = read_json(folder / "result.json")
-            return Genotype.parse(result["genotype"]["genotype"]), result.get("macro"), result["dataset"]["name"]
+            result = read_json(folder / "result.json")  # a trained run: retrain its cell
+            return Genotype.parse(result["genotype"]), result.get("macro"), result["dataset"]["name"]
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, GenotypeError):
             raise
