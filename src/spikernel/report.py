@@ -165,18 +165,18 @@ def markdown(rows: list[dict]) -> str:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[h]) for h in header) + " |")
+        lines.append("| " + " | ".join(_cell(row[h], "accuracy" in h) for h in header) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value) -> str:
+def _cell(value, percent: bool = False) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
-        if 0 <= value <= 1 and value != int(value):
-            return f"{value:.4f}"
+        if percent:
+            return f"{value:.2%}"
         return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
