@@ -17,7 +17,7 @@ from .storage import read_json, write_json
 
 # Sized for about ten minutes on a 2-core CPU on the embedded fashion-mnist-mini.
 RUN_DEFAULTS = ExploreSettings(
-    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=30, top_k=1, epochs=2, budget="250K",
+    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=30, top_k=1, epochs=1, budget="250K",
     preset="fmnist-small", score_batch=64, repeats=2,
 )
 
