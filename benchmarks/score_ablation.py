@@ -39,7 +39,7 @@ def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
     if level < VARIANTS.index("+channels-last pooling"):
         S.avg_pool_steps = lambda pool, x: type(pool).forward(pool, x)
     if level < VARIANTS.index("+malloc reuse"):
-        S.keep_freed_memory = lambda: None
+        S._MALLOC_TUNED = True  # as if chosen: leave glibc as it is
     macro = get_preset(settings["preset"])
     chunk = 1 if level >= VARIANTS.index("+step by step") else macro.timesteps
     images, mean, std = scoring_images(macro)

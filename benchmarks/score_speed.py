@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import current_rss_mib, machine, normalize, peak_rss_mib, scoring_images  # noqa: E402
 
 from spikernel.model import build_model, get_preset  # noqa: E402
-from spikernel.score import score_model, scoring_batches  # noqa: E402
+from spikernel.score import keep_freed_memory, score_model, scoring_batches  # noqa: E402
 from spikernel.space import sample_many  # noqa: E402
 
 TOLERANCE = 1e-6
@@ -56,6 +56,8 @@ def worker(kind: str, settings: dict, conn) -> None:
         loader = make_loader(raw, mean, std)
     else:
         batches = [normalize(b.to(device), mean, std) for b in raw]  # prepared once, on the device
+        if settings["keep_freed_mib"] is not None:
+            keep_freed_memory(settings["keep_freed_mib"])
 
     def score(genotype: str) -> tuple[float, str]:
         torch.manual_seed(settings["seed"])
@@ -162,6 +164,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (0: torch's default). 1 keeps timings stable on a shared "
                              "machine, where waiting OpenMP threads cost more than they gain")
+    parser.add_argument("--keep-freed-mib", type=int, default=None,
+                        help="spikernel's malloc setting: keep freed blocks up to this size (default: score.py's)")
     parser.add_argument("--dataset", default="fashion-mnist-mini")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -178,7 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = {k: getattr(args, k) for k in ("device", "preset", "batch", "repeats", "timesteps", "threads",
-                                               "dataset", "data_dir", "seed", "kernels", "cell")}
+                                               "dataset", "data_dir", "seed", "kernels", "cell", "keep_freed_mib")}
     unique = list(dict.fromkeys(str(g) for g in sample_many(args.kernels, args.cell, 4 * args.candidates + 1,
                                                              args.seed)))
     settings["warmup"], genotypes = unique[0], unique[1 : args.candidates + 1]

@@ -147,6 +147,14 @@ def test_other_neurons_take_the_plain_path():
     assert score_model(net, batches) == score_model(net, batches, fast=False)
 
 
+def test_malloc_setting_applies_on_glibc():
+    import platform
+
+    from spikernel.score import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
 def test_score_genotype_is_reproducible():
     batches = [torch.randn(8, 1, 28, 28)]
     assert score_genotype("0302 0030 3003 0000", TINY, batches, seed=3) == \

@@ -219,26 +219,27 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
 _MALLOC_TUNED = False
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed activations for reuse (process-wide, once; no-op elsewhere).
+def keep_freed_memory(max_block_mib: int = 64) -> bool:
+    """Ask glibc's malloc to keep freed blocks up to ``max_block_mib`` for reuse (process-wide).
 
-    By default glibc maps every block above a few MB afresh and unmaps it on free, so each new
-    activation page-faults all its pages in again (about half of SNASNet's scoring CPU time at
-    CIFAR widths, SPEC 9). Kept memory is reused by the next activation and the next candidate;
-    the measured peak is no higher (docs/BENCHMARKS.md).
+    By default glibc returns freed memory to the OS (blocks above a few MB are unmapped, the heap
+    top is trimmed), so the next activation page-faults fresh, zeroed pages in again; that is much
+    of SNASNet's scoring CPU time (SPEC 9). Kept blocks are reused by the next activation and the
+    next candidate. Larger blocks still come and go fresh: kept in the heap they fragment it, and
+    at CIFAR widths with batch 256 the peak grew by 40% (docs/BENCHMARKS.md). ``score_model``
+    calls this once with the default; call it yourself first to choose. Returns False off glibc.
     """
     global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
     _MALLOC_TUNED = True
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc
-        return
+        return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    m_trim_threshold, m_mmap_threshold, most = -1, -3, 2**31 - 1
-    mallopt(m_mmap_threshold, 1 << 30)  # blocks up to 1 GiB come from the reusable heap
-    mallopt(m_trim_threshold, most)  # and freed ones stay there
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, max_block_mib << 20)
+    mallopt(m_trim_threshold, 2**31 - 1)  # never shrink the heap: what was freed stays reusable
+    return True
 
 
 def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
@@ -297,7 +298,7 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     model.train()
-    if fast:
+    if fast and not _MALLOC_TUNED:
         keep_freed_memory()
     scores = []
     with torch.inference_mode():
