@@ -6,7 +6,8 @@ one after another, each variant in a fresh process (its own peak memory and page
 Variants, cumulative: the SNASNet-style baseline; spikernel's plain path (multi-step model,
 spikingjelly's LIF, hooks); the in-place LIF scan with per-step BatchNorm and inference mode; LIFs
 of sibling edges shared; pooling channels-last; one timestep per pass up to the last LIF; freed
-memory kept by malloc (= ``score_model``'s default). Every variant must give the same scores.
+freed blocks up to 64 MiB kept by malloc (= ``score_model``'s default); instead, up to 1 GiB.
+Every variant must give the same scores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import current_rss_mib, machine, normalize, peak_rss_mib, scoring_images  # noqa: E402
 
-VARIANTS = ["snasnet", "plain", "lif+bn", "+shared LIFs", "+channels-last pooling", "+step by step", "+malloc reuse"]
+VARIANTS = ["snasnet", "plain", "lif+bn", "+shared LIFs", "+channels-last pooling", "+step by step",
+            "+malloc keeps <=64 MiB", "malloc keeps <=1 GiB"]
 
 
 def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
@@ -38,8 +40,10 @@ def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
         S.sibling_lifs = lambda model: [[m] for m in model.modules() if is_lif(m)]
     if level < VARIANTS.index("+channels-last pooling"):
         S.avg_pool_steps = lambda pool, x: type(pool).forward(pool, x)
-    if level < VARIANTS.index("+malloc reuse"):
+    if level < VARIANTS.index("+malloc keeps <=64 MiB"):
         S._MALLOC_TUNED = True  # as if chosen: leave glibc as it is
+    if variant == "malloc keeps <=1 GiB":
+        S.keep_freed_memory(1024)
     macro = get_preset(settings["preset"])
     chunk = 1 if level >= VARIANTS.index("+step by step") else macro.timesteps
     images, mean, std = scoring_images(macro)
