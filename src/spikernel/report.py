@@ -191,6 +191,15 @@ def _colours(study: Study) -> dict[str, tuple]:
     return {r.kernel_set: cmap(i % 10) for i, r in enumerate(study.results)}
 
 
+def _finish(fig, ax, out: Path, name: str, xlabel: str, ylabel: str, title: str) -> list[Path]:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
+
+
 def _save(fig, out: Path, name: str) -> list[Path]:
     paths = []
     for fmt in FIGURE_FORMATS:
@@ -214,12 +223,7 @@ def accuracy_memory_figure(study: Study, out: Path) -> list[Path]:
                 linestyle="--", linewidth=1, label="Pareto front")
     if study.settings.get("budget_limit"):
         ax.axvline(study.settings["budget_limit"], color="crimson", linewidth=1, label="budget")
-    ax.set_xlabel(study.cost_label)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs memory")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "accuracy_vs_memory")
+    return _finish(fig, ax, out, "accuracy_vs_memory", study.cost_label, "test accuracy (%)", "Accuracy vs memory")
 
 
 def score_accuracy_figure(study: Study, out: Path) -> list[Path]:
@@ -232,12 +236,7 @@ def score_accuracy_figure(study: Study, out: Path) -> list[Path]:
             label = f"{r.kernel_set} (tau {tau:.2f}, rho {rho:.2f})" if n >= 3 else r.kernel_set
             ax.scatter([t["score"] for t in rows], [100 * t["test_acc"] for t in rows], color=colours[r.kernel_set],
                        label=label, edgecolor="k", linewidth=0.4)
-    ax.set_xlabel("training-free score (log|det K|)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Does the score rank architectures?")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "score_vs_accuracy")
+    return _finish(fig, ax, out, "score_vs_accuracy", "training-free score (log|det K|)", "test accuracy (%)", "Does the score rank architectures?")
 
 
 def search_space_figure(study: Study, out: Path) -> list[Path]:
@@ -249,12 +248,7 @@ def search_space_figure(study: Study, out: Path) -> list[Path]:
         if rows:
             ax.scatter([c["params"] for c in rows], [c["score"] for c in rows], s=10, alpha=0.6,
                        color=colours[r.kernel_set], label=f"{r.kernel_set} ({len(rows)})")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("training-free score")
-    ax.set_title("Search: score vs size of every candidate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "search_score_vs_params")
+    return _finish(fig, ax, out, "search_score_vs_params", "parameters", "training-free score", "Search: score vs size of every candidate")
 
 
 def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
@@ -262,12 +256,7 @@ def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
     for name in dict.fromkeys(r["kernel set"] for r in rows):
         mine = [r for r in rows if r["kernel set"] == name]
         ax.plot([r["candidates"] for r in mine], [r["search time (s)"] for r in mine], marker="o", label=name)
-    ax.set_xlabel("candidates searched")
-    ax.set_ylabel("search time (s)")
-    ax.set_title("Search iterations: time (picks in report.md)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "ablation_search_time")
+    return _finish(fig, ax, out, "ablation_search_time", "candidates searched", "search time (s)", "Search iterations: time (picks in report.md)")
 
 
 def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = None) -> dict:
