@@ -20,6 +20,7 @@ def test_parse_round_trips_and_recipes():
     f = Fidelity.parse("width=0.25, batch=32,timesteps=2,top=0.05")
     assert (f.width, f.batch, f.timesteps, f.repeats, f.top) == (0.25, 32, 2, None, 0.05)
     assert Fidelity.parse(str(f)) == f
+    assert f.cheap == "width=0.25,batch=32,timesteps=2"  # what the first-stage scores depend on
     assert Fidelity.parse("fast") == Fidelity.parse(RECIPES["fast"])
     assert Fidelity.parse("top=20").keep(500) == 20
 
@@ -92,3 +93,47 @@ def test_two_stage_with_real_scores_picks_from_the_shortlist():
     assert report["rescored"] == 2
     for row in report["rescored_candidates"]:
         assert row["full_score"] == pytest.approx(score_genotype(row["genotype"], TINY, batches, seed=0))
+
+
+# --------------------------------------------------------------------------- spikernel search --fidelity
+
+
+def search_cli(*args):
+    from click.testing import CliRunner
+
+    from spikernel.cli import main
+
+    result = CliRunner().invoke(main, ["search", "-p", "fmnist-tiny", "--batch", "8", "--repeats", "1", *args])
+    return result.exit_code, result.stderr
+
+
+def test_search_with_fidelity_picks_among_full_scores(tmp_path):
+    import csv
+    import json
+
+    out = tmp_path / "run"
+    code, err = search_cli("-k", "1x1_3x3", "-n", "6", "--fidelity", "width=0.5,batch=4,top=2", "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "search.json").read_text())
+    second = report["fidelity"]
+    assert report["settings"]["scoring"]["fidelity"] == "width=0.5,batch=4"
+    assert second["rescored"] == 2 and second["screened"] >= 2
+    assert report["counts"]["screened_out"] + report["counts"]["scored"] + report["counts"]["duplicate"] == 6
+    with open(out / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
+    with_scores = {r["genotype"] for r in rows if r["score"]}
+    assert with_scores == {r["genotype"] for r in second["rescored_candidates"]}
+    assert all(r["status"] == SCREENED for r in rows if not r["score"])
+    best = json.loads((out / "selection.json").read_text())["best"]
+    assert best["genotype"] == second["rescored_candidates"][0]["genotype"]
+    from spikernel.data import load_dataset
+    from spikernel.search import scoring_data
+
+    batches, _ = scoring_data(load_dataset("fashion-mnist-mini"), 8, 1, 0)
+    assert best["score"] == pytest.approx(score_genotype(best["genotype"], TINY, batches, seed=0), rel=1e-9)
+
+
+def test_search_rejects_a_bad_fidelity_in_one_line(tmp_path):
+    code, err = search_cli("-n", "2", "--fidelity", "width=3", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "width" in err
+    assert not (tmp_path / "run").exists()  # nothing written

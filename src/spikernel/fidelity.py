@@ -79,9 +79,13 @@ class Fidelity:
         return cls(**values)
 
     def __str__(self) -> str:
-        parts = [f"width={self.width:g}"] + [f"{k}={getattr(self, k)}" for k in ("batch", "repeats", "timesteps")
-                                              if getattr(self, k) is not None]
-        return ",".join(parts + [f"top={self.top:g}"])
+        return f"{self.cheap},top={self.top:g}"
+
+    @property
+    def cheap(self) -> str:
+        """The cheap setting alone: what the first-stage scores depend on (``top`` is not part of it)."""
+        return ",".join([f"width={self.width:g}"] + [f"{k}={getattr(self, k)}" for k in ("batch", "repeats", "timesteps")
+                                                      if getattr(self, k) is not None])
 
     def macro(self, full: MacroConfig) -> MacroConfig:
         """The cheap network's settings: narrower and/or fewer timesteps."""

@@ -63,8 +63,8 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
                        image_size=data.image_size, num_classes=data.num_classes)
     check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
     batches, scoring = scoring_data(data, batch, repeats, seed)
-    if fidelity:  # the study holds cheap scores: never mix them with a full-fidelity study's
-        scoring = {**scoring, "fidelity": str(fidelity)}
+    if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
+        scoring = {**scoring, "fidelity": fidelity.cheap}
     spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
 
     if storage is None:
