@@ -47,7 +47,7 @@ from .options import BITS, CELL, KERNELS, PRESET
 @click.option("--compare-at", type=click.IntRange(min=1),
               help="Also report what the first N candidates of the same seed stream cost and picked (e.g. 1000 of 5000).")
 @click.option("--fidelity", help="Multi-fidelity: score all cheaply, re-score the best at full fidelity, e.g. "
-              "width=0.25,batch=32,top=0.05 (keys width, batch, repeats, timesteps, top) or 'fast'.")
+              "batch=16,repeats=1,top=0.02 (keys width, batch, repeats, timesteps, top) or 'fast'/'faster'.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
            seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity):
