@@ -20,6 +20,15 @@ from spikernel.train import NonFiniteLoss, TrainConfig, batch_indices, evaluate,
 GENOTYPE = "0303 0030 2002 0200"  # SNASNet's released CIFAR-10 cell (backward edges)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train faster on one thread, and a shared CPU does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small():
     """256 training and 64 test images of the embedded Fashion-MNIST subset."""
