@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -42,19 +41,17 @@ def fmnist(tmp_path_factory):
     return write_fashion_mnist(tmp_path_factory.mktemp("data") / "fashion-mnist", train=64, test=32)
 
 
-@contextmanager
+@pytest.fixture(autouse=True)
 def one_thread():
+    """In-process runs use one thread too: tiny networks run faster so, and like the subprocesses."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_sigkill_during_training_then_resume_gives_the_same_weights(tmp_path, fmnist):
-    with one_thread():  # the reference run, uninterrupted, in this process
-        code, _, err = cli(*train_args(fmnist, tmp_path / "straight"))
+    code, _, err = cli(*train_args(fmnist, tmp_path / "straight"))  # the reference run, uninterrupted
     assert code == 0, err
 
     killed = tmp_path / "killed"
@@ -95,12 +92,17 @@ def test_reruns_must_match_and_finished_runs_are_not_retrained(tmp_path, fmnist)
 def test_evaluate_a_run_folder_or_its_weights_file_alone(tmp_path, fmnist):
     out = tmp_path / "run"
     assert cli(*train_args(fmnist, out, 1, "--limit-train", "32"))[0] == 0
-    final = json.load(open(out / "result.json"))["test"]
+    result = json.load(open(out / "result.json"))
+    final = result["test"]
+    assert result["energy"]["images"] == 32  # the whole (small) test split: ENERGY_IMAGES is 1000
     for target in (out, out / "model.safetensors"):
         code, stdout, err = cli("evaluate", "--run", target, "--data-dir", fmnist, "--json")
         assert code == 0, err
         report = json.loads(stdout)
         assert report["test_acc"] == final["test_acc"] and report["images"] == 32
+        # the operations counted after training are those evaluate counts on the same images
+        assert report["energy"]["sops"] == pytest.approx(result["energy"]["sops"], rel=1e-9)
+        assert report["energy"]["energy_pj"] == pytest.approx(result["energy"]["energy_pj"], rel=1e-9)
         assert report["test_loss"] == pytest.approx(final["test_loss"], rel=1e-6)
     # Only JSON, CSV, safetensors (and TensorBoard events): nothing that would be unpickled.
     files = [p for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts]

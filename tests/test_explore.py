@@ -31,6 +31,11 @@ def test_explore_stores_searches_and_trainings(study_dir):
         assert len(result.candidates) == 5 and result.search_seconds is not None
         assert 1 <= len(result.trained) <= 2
         assert all(0 <= t["test_acc"] <= 1 and t["params"] <= 40_000 for t in result.trained)
+        for t in result.trained:  # each training counted its operations; energy follows the 45 nm defaults
+            energy = json.loads((study_dir / result.kernel_set / "train" / t["genotype"].replace(" ", "-")
+                                 / "result.json").read_text())["energy"]
+            assert t["sops"] == energy["sops"] > 0 and energy["images"] == 1000
+            assert t["energy_uj"] * 1e6 == pytest.approx(energy["sops"] * 0.9 + energy["stem_macs"] * 4.6)
     chosen = select(study)
     assert chosen is not None and chosen.row["test_acc"] == max(
         t["test_acc"] for r in study.results for t in r.trained)
@@ -70,10 +75,12 @@ def test_report_from_stored_results_alone(study_dir, tmp_path):
             shutil.copy(path, target)
     code, out, err = cli("report", str(copy))
     assert code == 0, err
-    for name in ("accuracy_vs_memory", "score_vs_accuracy", "search_score_vs_params", "ablation_search_time"):
+    for name in ("accuracy_vs_memory", "accuracy_vs_energy", "score_vs_accuracy", "search_score_vs_params",
+                 "ablation_search_time"):
         for fmt in ("png", "svg"):
             assert (copy / "report" / f"{name}.{fmt}").stat().st_size > 1000
     text = (copy / "report" / "report.md").read_text()
+    assert "energy / image (uJ)" in text and "SOPs / image (M)" in text
     assert "1x1_3x3" in text and "1x1_5x5" in text and "Training-free score vs trained accuracy" in text
     assert "## Missing" not in text
     assert "best network per kernel set" in out

@@ -11,7 +11,7 @@ def _study():
         {"genotype": f"g{i}", "params": 100 + 10 * i, "footprint_bytes": 400 + 40 * i, "score": float(i),
          "seconds": 1.0, "status": "scored"} for i in range(6)], search_seconds=6.0)
     a.trained = [{"genotype": f"g{i}", "params": 100 + 10 * i, "footprint_bytes": 400 + 40 * i, "score": float(i),
-                  "test_acc": 0.5 + 0.05 * i} for i in (3, 4, 5)]
+                  "test_acc": 0.5 + 0.05 * i, "sops": 1e6 * i, "energy_uj": 0.9 * i} for i in (3, 4, 5)]
     b = KernelSetResult("1x1_5x5", candidates=[
         {"genotype": f"h{i}", "params": 300 + i, "footprint_bytes": 1200, "score": -float(i), "seconds": 2.0,
          "status": "scored"} for i in range(4)], search_seconds=8.0)
@@ -55,6 +55,10 @@ def test_write_report_makes_every_figure(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| 1x1_3x3 | g5 |" in text and "Budget analysis" in text
     assert result["table"][0]["best genotype"] == "g5"  # best under the 160-parameter budget
+    assert result["table"][0]["SOPs / image (M)"] == pytest.approx(5.0)
+    assert result["table"][0]["energy / image (uJ)"] == pytest.approx(4.5)
+    assert result["table"][1]["energy / image (uJ)"] is None  # nothing of 1x1_5x5 fits the budget
+    assert (tmp_path / "accuracy_vs_energy.png").stat().st_size > 1000
 
 
 def test_half_finished_study_reports_what_exists(tmp_path):

@@ -209,7 +209,7 @@ def load_study(out: Path) -> Study:
                 if run.exists():
                     trained = read_json(run)
                     result.trained.append({**{k: row[k] for k in ("genotype", "params", "footprint_bytes", "score")},
-                                           "test_acc": _test_accuracy(trained)})
+                                           "test_acc": _test_accuracy(trained), **_energy(trained)})
                 else:
                     missing.append(f"{kernel_set}: training of {row['genotype']} not finished")
         else:
@@ -223,6 +223,12 @@ def _test_accuracy(result: dict) -> float:
         return float(result["test"]["test_acc"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError("a training result.json has no test accuracy") from None
+
+
+def _energy(result: dict) -> dict:
+    """SOPs and energy per image (None for runs trained before they were counted)."""
+    energy = result.get("energy") or {}
+    return {"sops": energy.get("sops"), "energy_uj": energy["energy_pj"] / 1e6 if "energy_pj" in energy else None}
 
 
 @dataclass

@@ -19,6 +19,7 @@ from rich.table import Table
 from .. import __version__, distributed
 from ..checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
 from ..data import DATASETS, load_dataset
+from ..energy import measure_dataset
 from ..errors import ConfigError, GenotypeError
 from ..memory import footprint
 from ..model import MacroConfig, get_preset
@@ -28,6 +29,8 @@ from ..storage import read_json, write_json
 from ..train import TrainConfig, fit
 from . import main
 from .options import GENOTYPE, PRESET
+
+ENERGY_IMAGES = 1000  # test images the result's spike, SOP and energy figures are counted on
 
 # The macro preset a dataset trains with unless --preset (or the search folder) says otherwise.
 DATASET_PRESETS = {"fashion-mnist": "fmnist", "fashion-mnist-mini": "fmnist-small", "cifar10": "snasnet-cifar10",
@@ -174,6 +177,7 @@ def _result(spec: RunSpec, model, history, data, world, device, seconds: float) 
         "footprint": fp.to_dict(),
         "test": {k: v for k, v in last.items() if k.startswith("test_")},
         "spike_rate": last.get("spike_rate"),
+        "energy": measure_dataset(model, data, limit=ENERGY_IMAGES, device=device).to_dict(),
         "best_test_acc": max(row["test_acc"] for row in history),
         "epochs": len(history),
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
@@ -183,6 +187,14 @@ def _result(spec: RunSpec, model, history, data, world, device, seconds: float) 
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "device": str(device), "processes": world.size, "threads": torch.get_num_threads()},
     }
+
+
+def energy_rows(energy: dict | None) -> list[tuple[str, str]]:
+    """Operations and energy per image, as counted on the first test images after training."""
+    if not energy:
+        return []
+    return [("SOPs / image", f"{energy['sops'] / 1e6:,.2f} M (+ {energy['stem_macs']:,} stem MACs)"),
+            ("energy / image", f"{energy['energy_pj'] / 1e6:,.3f} uJ (on {energy['images']:,} test images)")]
 
 
 def result_table(result: dict) -> Table:
@@ -196,6 +208,7 @@ def result_table(result: dict) -> Table:
         ("test accuracy", f"{test['test_acc']:.2%}" + (f" (top-5 {top5:.2%})" if top5 is not None else "")),
         ("best epoch accuracy", f"{result['best_test_acc']:.2%}"),
         ("spike rate", f"{result['spike_rate']:.3f}" if result.get("spike_rate") is not None else "-"),
+        *energy_rows(result.get("energy")),
         ("training", f"{result['epochs']} epochs, {result['seconds_all_epochs']:.0f} s, "
                      f"{result['train_img_per_s']:,.0f} img/s on {result['machine']['device']}"
                      + (f" x {result['machine']['processes']}" if result['machine']['processes'] > 1 else "")),
