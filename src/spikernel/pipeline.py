@@ -17,8 +17,8 @@ from .storage import read_json, write_json
 
 # Sized for about ten minutes on a 2-core CPU on the embedded fashion-mnist-mini.
 RUN_DEFAULTS = ExploreSettings(
-    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=30, top_k=1, epochs=1, budget="250K",
-    preset="fmnist-small", score_batch=64, repeats=2,
+    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=100, top_k=1, epochs=2, budget="300K",
+    preset="fmnist-small", timesteps=4, score_batch=64, repeats=2,
 )
 
 
@@ -60,18 +60,21 @@ def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,
 
 def selection_table(selection: dict, per_set: list[dict]) -> Table:
     table = Table(title="spikernel run: best network under the budget")
-    for column in ("kernel set", "genotype", "parameters", "test accuracy", "score", "chosen"):
-        table.add_column(column, no_wrap=column == "genotype")
+    for column in ("set", "genotype", "params", "top-1", "uJ/img", "score", "pick"):
+        table.add_column(column, no_wrap=True)
     for row in per_set:
         picked = row["kernel set"] == selection["kernel_set"]
         acc = row["test accuracy"]
         table.add_row(row["kernel set"], row["best genotype"],
                       f"{row['parameters']:,}" if row["parameters"] is not None else "-",
                       f"{acc:.2%}" if acc is not None else "-",
-                      f"{row['score']:.3f}" if row["score"] is not None else "-", "<-" if picked else "")
+                      f"{row['energy / image (uJ)']:.2f}" if row.get("energy / image (uJ)") is not None else "-",
+                      f"{row['score']:.2f}" if row["score"] is not None else "-", "<-" if picked else "")
     fp = selection["footprint"]["footprint_bytes"]
     table.caption = (f"{selection['genotype']} from {selection['kernel_set']}: {selection['params']:,} parameters, "
                      f"{int(fp['32']) / 1e3:,.1f} KB at 32 bits / {int(fp['8']) / 1e3:,.1f} KB at 8 bits, "
-                     f"test accuracy {selection['test']['test_acc']:.2%}, budget {selection['budget'] or 'none'}, "
+                     f"test accuracy {selection['test']['test_acc']:.2%}, "
+                     + (f"{selection['energy_uj']:.2f} uJ / image, " if selection.get("energy_uj") is not None else "")
+                     + f"budget {selection['budget'] or 'none'}, "
                      f"{selection['wall_seconds']:.0f} s")
     return table
