@@ -235,6 +235,7 @@ def test_search_command_outputs_and_resume(tmp_path):
     assert report["this_run"]["candidates"] == 8 and report["this_run"]["candidates_per_second"] > 0
     assert report["time"]["scoring_seconds_total"] > 0 and report["versions"]["optuna"] == optuna.__version__
     assert report["compare"]["candidates"] == [4, 8]
+    assert report["study"]["storage"] == "sqlite:///study.db"  # relative: no machine path in the results
 
     # The same command again: nothing left to do, nothing redone, same files.
     trials = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}").get_trials()

@@ -67,7 +67,8 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
         scoring = {**scoring, "fidelity": fidelity.cheap}
     spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
 
-    if storage is None:
+    in_folder = storage is None  # saved as a relative name: search.json must not hold this machine's paths
+    if in_folder:
         out.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{out.resolve() / 'study.db'}"
     store = open_storage(storage, heartbeat)
@@ -100,7 +101,7 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
     wall = time.perf_counter() - started
     trials = study.get_trials(deepcopy=False)
     about = {
-        "study": {"name": study_name, "storage": redact(storage), "failed_attempts": engine.slots.failed,
+        "study": {"name": study_name, "storage": "sqlite:///study.db" if in_folder else redact(storage), "failed_attempts": engine.slots.failed,
                   "superseded": engine.slots.superseded},
         "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
                      "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
@@ -125,9 +126,10 @@ def summary_table(result: dict, out: Path) -> Table:
                        + (f", {counts['screened_out']} screened out" if "screened_out" in counts else "")),
         ("this run", f"{report['this_run']['candidates']} candidates in {report['this_run']['wall_seconds']:.1f} s "
                      f"({report['this_run']['candidates_per_second']:.2f}/s)"),
-        ("scoring time", f"{timing['scoring_seconds_total']:.1f} s total"
-                         + (f", {per['mean']:.3f} s per scored candidate" if per else "")),
     ]
+    if not report.get("fidelity"):  # two-stage searches report both stages' times in their own row
+        rows.append(("scoring time", f"{timing['scoring_seconds_total']:.1f} s total"
+                                     + (f", {per['mean']:.3f} s per scored candidate" if per else "")))
     if chosen["best"]:
         b = chosen["best"]
         rows += [("best", f"{b['genotype']} (trial {b['trial']}, {b['cell']})"),
