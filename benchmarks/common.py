@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import time
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,17 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
+
+
+def best_ms(fn, repeats: int = 15) -> float:
+    """Fastest of ``repeats`` calls after one warm-up call, in milliseconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times) * 1e3
 
 
 def machine(threads: int | None = None) -> str:

@@ -17,8 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
-
+from common import best_ms, machine  # noqa: E402
 from spikernel.neuron import TAU, THRESHOLD, lif  # noqa: E402
 from spikernel.score import lif_scan  # noqa: E402
 
@@ -35,16 +34,6 @@ def scan_with(step_fn, x_seq):
     for t in range(x_seq.shape[0]):
         out[t], v = step_fn(x_seq[t], v)
     return out
-
-
-def best_ms(fn, repeats=10) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times) * 1e3
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py and friends
 
@@ -18,3 +19,13 @@ def fashion_mnist_dir():
         if root and (path / "train-images-idx3-ubyte.gz").exists():
             return path
     pytest.skip("full Fashion-MNIST not found (set SPIKERNEL_DATA)")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread: tiny networks train faster so, a shared CPU does not stall them, and
+    in-process runs then match subprocess runs started with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,6 +17,8 @@ from spikernel.checkpoint import (CHECKPOINT_FILE, CheckpointError, join_state, 
 from spikernel.cli import main
 from test_data_formats import write_fashion_mnist
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GENOTYPE = "0303 0030 2002 0200"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: bitwise-equal runs
 
@@ -40,14 +42,6 @@ def cli(*args):
 def fmnist(tmp_path_factory):
     return write_fashion_mnist(tmp_path_factory.mktemp("data") / "fashion-mnist", train=64, test=32)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread too: tiny networks run faster so, and like the subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_sigkill_during_training_then_resume_gives_the_same_weights(tmp_path, fmnist):

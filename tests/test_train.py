@@ -17,16 +17,10 @@ from spikernel.model import build_model, get_preset
 from spikernel.neuron import is_lif, lif
 from spikernel.train import NonFiniteLoss, TrainConfig, batch_indices, evaluate, fit, steps_per_epoch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GENOTYPE = "0303 0030 2002 0200"  # SNASNet's released CIFAR-10 cell (backward edges)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread, and a shared CPU does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,9 @@ def _cell(value, percent: bool = False) -> str:
             return "n/a"
         if percent:
             return f"{value:.2%}"
-        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.3f}".rstrip("0").rstrip(".")  # 14.8, not 14.800
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
