@@ -18,6 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 FIGURE_FORMATS = ("png", "svg")
+ENERGY_NOTE = ("Operations and energy are per image of T timesteps, counted on the first test images after training "
+               "(SOPs: accumulates driven by spikes; energy at the 45 nm figures, 0.9 pJ per accumulate and 4.6 pJ "
+               "per multiply-accumulate of the stem).\n\n")
 
 
 @dataclass
@@ -305,10 +308,7 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         f"{s.get('epochs')} epochs; budget: {s.get('budget') or 'none'}.\n",
         "## Best network per kernel set\n", markdown(table),
         "![accuracy vs memory](accuracy_vs_memory.png)\n" if any(r.trained for r in study.results) else "",
-        "Operations and energy are per image of T timesteps, counted on the first test images after "
-        "training (SOPs: accumulates driven by spikes; energy at the 45 nm figures, 0.9 pJ per accumulate "
-        "and 4.6 pJ per multiply-accumulate of the stem).\n",
-        "![accuracy vs energy](accuracy_vs_energy.png)\n" if has_energy else "",
+        ENERGY_NOTE + "![accuracy vs energy](accuracy_vs_energy.png)\n" if has_energy else "",
         "## Budget analysis\n", markdown(budget_table(study, default_budgets(study))),
         "## Training-free score vs trained accuracy\n", markdown(correlation_table(study)),
         "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",

@@ -101,8 +101,8 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
     wall = time.perf_counter() - started
     trials = study.get_trials(deepcopy=False)
     about = {
-        "study": {"name": study_name, "storage": "sqlite:///study.db" if in_folder else redact(storage), "failed_attempts": engine.slots.failed,
-                  "superseded": engine.slots.superseded},
+        "study": {"name": study_name, "storage": "sqlite:///study.db" if in_folder else redact(storage),
+                  "failed_attempts": engine.slots.failed, "superseded": engine.slots.superseded},
         "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
                      "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
         "time": time_report(trials, found),
