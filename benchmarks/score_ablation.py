@@ -5,7 +5,7 @@ one after another, each variant in a fresh process (its own peak memory and page
 
 Variants, cumulative: the SNASNet-style baseline; spikernel's plain path (multi-step model,
 spikingjelly's LIF, hooks); the in-place LIF scan with per-step BatchNorm and inference mode; LIFs
-of sibling edges shared; pooling channels-last; one timestep per pass up to the last LIF; freed
+of sibling edges shared; pooling channels-last; one timestep per pass up to the last LIF;
 freed blocks up to 64 MiB kept by malloc (= ``score_model``'s default); instead, up to 1 GiB.
 Every variant must give the same scores.
 """

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
           f"peak RSS {min(r['peak_rss_mib'] for r in rows):.0f}-{max(r['peak_rss_mib'] for r in rows):.0f} MiB")
     if args.plot:
         plot(rows, a, b, args.plot)
-    write_json(args.out / "scaling.json", {"settings": vars(args) | {"out": str(args.out), "plot": str(args.plot)}, "machine": machine(args.threads),
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_json(args.out / "scaling.json", {"settings": settings, "machine": machine(args.threads),
                                           "rows": rows, "fit": {"intercept_s": a, "seconds_per_candidate": b,
                                                                 "worst_relative_residual": worst}})
     return 0

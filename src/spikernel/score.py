@@ -242,6 +242,12 @@ def keep_freed_memory(max_block_mib: int = 64) -> bool:
     return True
 
 
+def keep_freed_memory_by_default() -> None:
+    """``keep_freed_memory()`` with its default, unless the process already chose a setting."""
+    if not _MALLOC_TUNED:
+        keep_freed_memory()
+
+
 def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
     """``SNN.forward_steps`` ``chunk`` timesteps at a time, stopping at the head's LIF.
 
@@ -298,8 +304,8 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     model.train()
-    if fast and not _MALLOC_TUNED:
-        keep_freed_memory()
+    if fast:
+        keep_freed_memory_by_default()
     scores = []
     with torch.inference_mode():
         for images in batches:

@@ -433,7 +433,7 @@ class Slots:
     @classmethod
     def of(cls, trials: Iterable[FrozenTrial], total: int) -> Slots:
         slots = cls(total)
-        for t in sorted(trials, key=lambda t: t.number):  # (already sorted: cheap)
+        for t in sorted(trials, key=lambda t: t.number):
             slot = t.user_attrs.get(SLOT_ATTR)
             if slot is None:
                 continue  # not one of ours

@@ -27,7 +27,7 @@ from .distributed import SINGLE, World, wrap
 from .errors import ConfigError, SpikernelError
 from .fused import fused_neurons
 from .neuron import is_lif
-from .score import keep_freed_memory
+from .score import keep_freed_memory_by_default
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def training_step_model(model: nn.Module, config: TrainConfig, device: torch.dev
     The fused LIFs are swapped back out when the block ends; the weights are ``model``'s throughout.
     """
     if device.type == "cpu":
-        keep_freed_memory()  # activations are reused instead of page-faulted in afresh every step
+        keep_freed_memory_by_default()  # activations are reused instead of page-faulted in afresh every step
     with fused_neurons(model, config.fused_lif):
         step_model = wrap(model, world, device)
         yield torch.compile(step_model) if config.compile else step_model
