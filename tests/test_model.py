@@ -90,3 +90,13 @@ def test_presets_and_overrides():
         MacroConfig(image_size=8, second_pool=8)
     cfg = get_preset("fmnist")
     assert MacroConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_build_on_a_device_draws_with_that_devices_generator():
+    """On the CPU, building there explicitly gives the very same weights as the default build."""
+    torch.manual_seed(3)
+    default = build_model("0302 0030 3003 0000", "fmnist-tiny")
+    torch.manual_seed(3)
+    placed = build_model("0302 0030 3003 0000", "fmnist-tiny", device="cpu")
+    for (name, a), (_, b) in zip(default.state_dict().items(), placed.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -7,7 +7,7 @@ import torch
 from spikernel.memory import footprint
 from spikernel.model import build_model, get_preset
 from spikernel.neuron import is_lif
-from spikernel.score import EPS, sahd_kernel, score_genotype, score_model, scoring_batches
+from spikernel.score import EPS, int8_overlap, sahd_kernel, score_genotype, score_model, scoring_batches, spike_overlap
 
 
 def direct_kernel(c: np.ndarray) -> np.ndarray:
@@ -31,6 +31,25 @@ def test_kernel_equals_spec_formula(rate):
     ours = sahd_kernel(spikes)
     assert ours.dtype == torch.float64 and ours.shape == (12, 12)
     np.testing.assert_allclose(ours.numpy(), direct_kernel(spikes.double().numpy()), rtol=1e-12, atol=1e-9)
+
+
+def test_int8_products_count_exactly():
+    """The GPU's int8 tensor-core products give the float path's integer counts, bit for bit."""
+    spikes = (torch.rand(2, 3, 24, 64, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    counts = int8_overlap(spikes)
+    assert counts.dtype == torch.float64 and counts.shape == (2, 3, 24, 24)
+    assert torch.equal(counts, spike_overlap(spikes))  # on the CPU spike_overlap multiplies in float32
+    assert torch.equal(counts[1, 2], spikes[1, 2].double() @ spikes[1, 2].double().T)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_scoring_counts_exactly_and_reproduces():
+    spikes = (torch.rand(2, 64, 4096, device="cuda") < 0.1).float()
+    assert torch.equal(spike_overlap(spikes), (spikes @ spikes.transpose(-1, -2)).double())  # int8 path
+    macro = get_preset("fmnist-tiny")
+    batches = [b.cuda() for b in scoring_batches(torch.rand(64, 1, 28, 28), 32, 2, 0)]
+    first = score_genotype("0302 0030 3003 0000", macro, batches)
+    assert math.isfinite(first) and score_genotype("0302 0030 3003 0000", macro, batches) == first
 
 
 def test_kernel_batches_over_leading_dims():

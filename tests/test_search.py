@@ -236,6 +236,7 @@ def test_search_command_outputs_and_resume(tmp_path):
     assert report["time"]["scoring_seconds_total"] > 0 and report["versions"]["optuna"] == optuna.__version__
     assert report["compare"]["candidates"] == [4, 8]
     assert report["study"]["storage"] == "sqlite:///study.db"  # relative: no machine path in the results
+    assert report["this_run"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
 
     # The same command again: nothing left to do, nothing redone, same files.
     trials = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}").get_trials()
@@ -272,6 +273,9 @@ def test_study_clash_leaves_the_study_untouched(tmp_path):
     (["--sampler", "grid"], "'grid' is not one of"),
     (["-n", "4", "--compare-at", "4"], "must be below --candidates"),
     (["--batch", "20000"], "larger than the dataset"),
+    (["--device", "tpu0"], "unknown device 'tpu0'"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
     out = tmp_path / "run"

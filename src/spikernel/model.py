@@ -262,10 +262,14 @@ class SNN(nn.Module):
         return x.view(*x.shape[:2], self.macro.num_classes, self.macro.votes).mean(-1)
 
 
-def build_model(genotype: Genotype | str, macro: MacroConfig | str) -> SNN:
+def build_model(genotype: Genotype | str, macro: MacroConfig | str, device: torch.device | str | None = None) -> SNN:
+    """The network, its weights drawn by ``device``'s generator (the CPU's by default)."""
     if isinstance(genotype, str):
         genotype = Genotype.parse(genotype)
     if isinstance(macro, str):
         macro = get_preset(macro)
-    return SNN(genotype, macro)
+    if device is None:
+        return SNN(genotype, macro)
+    with torch.device(device):  # no host-side draws and copy: at CIFAR widths those cost more than scoring
+        return SNN(genotype, macro)
 

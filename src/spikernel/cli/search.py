@@ -6,10 +6,12 @@ import time
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from ..data import DEFAULT_DATASET, load_dataset
+from ..distributed import resolve_device
 from ..errors import ConfigError
 from ..fidelity import Fidelity, two_stage
 from ..memory import Budget
@@ -48,9 +50,11 @@ from .options import BITS, CELL, KERNELS, PRESET
               help="Also report what the first N candidates of the same seed stream cost and picked (e.g. 1000 of 5000).")
 @click.option("--fidelity", help="Multi-fidelity: score all cheaply, re-score the best at full fidelity, e.g. "
               "batch=16,repeats=1,top=0.02 (keys width, batch, repeats, timesteps, top) or 'fast'/'faster'.")
+@click.option("--device", default="auto", show_default=True,
+              help="Where candidates are scored: auto (the GPU when there is one), cpu, cuda or cuda:N.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
-           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity):
+           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
     started = time.perf_counter()
     bits = int(bits)
@@ -62,9 +66,13 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
     macro = get_preset(preset, width=width, timesteps=timesteps, in_channels=data.in_channels,
                        image_size=data.image_size, num_classes=data.num_classes)
     check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
+    device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
+    batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
     if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
         scoring = {**scoring, "fidelity": fidelity.cheap}
+    if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
+        scoring = {**scoring, "device": device.type}
     spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
 
     in_folder = storage is None  # saved as a relative name: search.json must not hold this machine's paths
@@ -104,13 +112,19 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
         "study": {"name": study_name, "storage": "sqlite:///study.db" if in_folder else redact(storage),
                   "failed_attempts": engine.slots.failed, "superseded": engine.slots.superseded},
         "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
-                     "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker},
+                     "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker,
+                     "device": device_label(device)},
         "time": time_report(trials, found),
         "compare": compare_prefix(found, compare_at, spec.bits, trials) if compare_at else None,
         "fidelity": second if fidelity else None,
     }
     result = write_outputs(out, spec, found, about, top)
     Console().print(summary_table(result, out))
+
+
+def device_label(device) -> str:
+    """'cpu', or the GPU's name: scores from different devices may differ in the last bits."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def summary_table(result: dict, out: Path) -> Table:
