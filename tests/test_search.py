@@ -259,6 +259,8 @@ def test_study_clash_leaves_the_study_untouched(tmp_path):
     assert "already exists with kernels=1x1_3x3, not 1x1_5x5" in err
     after = optuna.load_study(study_name="search", storage=f"sqlite:///{db}").get_trials()
     assert [(t.number, t.user_attrs) for t in after] == [(t.number, t.user_attrs) for t in before]
+    code, _, err = cli(*TINY, "-n", "2", "--batch", "16", "--out", str(out))  # a nested setting names itself
+    assert code == 2 and "already exists with scoring.batch=8, not 16" in err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -383,12 +383,23 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return study
     if have != wanted:
-        key = next(k for k in wanted if have.get(k) != wanted.get(k))
+        key, theirs, ours = _first_difference(have, wanted)
         raise StudyClashError(
-            f"study {name!r} already exists with {key}={_short(have.get(key))}, not {_short(wanted[key])}: "
+            f"study {name!r} already exists with {key}={_short(theirs)}, not {_short(ours)}: "
             "rerun with its settings, or pick another --study or --out"
         )
     return study
+
+
+def _first_difference(have: dict, wanted: dict, prefix: str = "") -> tuple[str, object, object]:
+    """The first setting (dotted path into nested settings) where two specs differ."""
+    for key in [*wanted, *(k for k in have if k not in wanted)]:
+        a, b = have.get(key, "(none)"), wanted.get(key, "(none)")
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return _first_difference(a, b, f"{prefix}{key}.")
+            return f"{prefix}{key}", a, b
+    raise ValueError("the specs are equal")
 
 
 def _await_settings(study: optuna.Study, wait: float = 5.0) -> dict | None:
