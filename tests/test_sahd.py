@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from spikernel import score
 from spikernel.memory import footprint
 from spikernel.model import build_model, get_preset
 from spikernel.neuron import is_lif
@@ -33,13 +34,16 @@ def test_kernel_equals_spec_formula(rate):
     np.testing.assert_allclose(ours.numpy(), direct_kernel(spikes.double().numpy()), rtol=1e-12, atol=1e-9)
 
 
-def test_int8_products_count_exactly():
-    """The GPU's int8 tensor-core products give the float path's integer counts, bit for bit."""
+@pytest.mark.parametrize("int8", [False, True])
+def test_products_count_exactly_in_float32_and_int8(int8, monkeypatch):
+    """Both ways of multiplying spikes (int8 where the hardware has fast int8 products) give the
+    exact integer counts, so the score does not depend on which one ran."""
+    monkeypatch.setitem(score.INT8_PRODUCTS, "cpu", int8)
     spikes = (torch.rand(2, 3, 24, 64, generator=torch.Generator().manual_seed(1)) < 0.3).float()
-    counts = int8_overlap(spikes)
+    counts = spike_overlap(spikes)
     assert counts.dtype == torch.float64 and counts.shape == (2, 3, 24, 24)
-    assert torch.equal(counts, spike_overlap(spikes))  # on the CPU spike_overlap multiplies in float32
-    assert torch.equal(counts[1, 2], spikes[1, 2].double() @ spikes[1, 2].double().T)
+    assert torch.equal(counts, spikes.double() @ spikes.double().transpose(-1, -2))
+    assert torch.equal(int8_overlap(spikes), counts)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
