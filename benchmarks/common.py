@@ -56,12 +56,6 @@ def machine(threads: int | None = None) -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {threads or torch.get_num_threads()} threads"
 
 
-def device_name(device: torch.device | str) -> str:
-    """The GPU's name for a CUDA device, else "cpu"."""
-    device = torch.device(device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def current_rss_mib() -> float:
     """This process's resident memory now (Linux /proc; 0 where unavailable)."""
     try:

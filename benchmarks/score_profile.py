@@ -23,8 +23,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, machine, normalize, scoring_images  # noqa: E402
+from common import machine, normalize, scoring_images  # noqa: E402
 
+from spikernel.distributed import device_label  # noqa: E402
 from spikernel.model import get_preset  # noqa: E402
 from spikernel.score import score_genotype, scoring_batches  # noqa: E402
 from spikernel.space import sample_many  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
     wall = (time.perf_counter() - started) / args.candidates
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"machine: {machine()}; device {device_name(device)}")
+    print(f"machine: {machine()}; device {device_label(device)}")
     print(f"preset {args.preset}, batch {args.batch} x {args.repeats} repeats, {args.candidates} candidates (profiled)")
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
     # Kernels are events of the device's own type; the operators that launched them are CPU events.

@@ -30,8 +30,9 @@ os.environ.setdefault("SJ_LIF_CUDA_IMPLEMENTATION", "torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import current_rss_mib, device_name, machine, normalize, peak_rss_mib, scoring_images  # noqa: E402
+from common import current_rss_mib, machine, normalize, peak_rss_mib, scoring_images  # noqa: E402
 
+from spikernel.distributed import device_label  # noqa: E402
 from spikernel.model import build_model, get_preset  # noqa: E402
 from spikernel.score import keep_freed_memory, score_model, scoring_batches  # noqa: E402
 from spikernel.space import sample_many  # noqa: E402
@@ -133,7 +134,7 @@ def relative_error(a: float, b: float) -> float:
 
 def report(settings: dict, result: dict) -> tuple[bool, float]:
     rows, memory = result["rows"], result["memory"]
-    print(f"machine: {machine(memory['spikernel']['threads'])}; device {device_name(settings['device'])}")
+    print(f"machine: {machine(memory['spikernel']['threads'])}; device {device_label(settings['device'])}")
     print(f"preset {settings['preset']}, kernels {settings['kernels']}, {settings['cell']} cells, "
           f"batch {settings['batch']} x {settings['repeats']} repeats, {len(rows)} candidates, "
           f"spikernel chunk {settings['chunk']}")
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
         from spikernel.storage import write_json
 
         write_json(args.json, {"settings": settings, "machine": machine(result["memory"]["spikernel"]["threads"]),
-                               "device": device_name(args.device), **result, "speedup": speedup, "equal": same})
+                               "device": device_label(args.device), **result, "speedup": speedup, "equal": same})
     print(f"speedup: {speedup:.2f}")
     return 0 if same else 1
 

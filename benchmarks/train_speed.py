@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, machine  # noqa: E402
+from common import machine  # noqa: E402
 from snasnet_baseline import BaselineSNASNet  # noqa: E402
 
 from spikernel.data import Split, load_dataset  # noqa: E402
+from spikernel.distributed import device_label  # noqa: E402
 from spikernel.model import build_model, get_preset  # noqa: E402
 from spikernel.train import TrainConfig, make_optimizer, on_device, train_epoch, training_step_model  # noqa: E402
 from spikernel.train import channels_last_enabled as train_channels_last  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> None:
     data = on_device(data, device)
     base_optimizer = torch.optim.SGD(theirs.parameters(), lr=config.lr, momentum=config.momentum,
                                      weight_decay=config.weight_decay)
-    print(f"machine: {machine()}; device {device_name(device)}; baseline loader workers {workers}")
+    print(f"machine: {machine()}; device {device_label(device)}; baseline loader workers {workers}")
     print(f"network: {args.genotype} in {args.preset}, T={macro.timesteps}, {params:,} parameters; batch {args.batch}")
 
     with training_step_model(ours, config, device) as step_model:
@@ -168,7 +169,7 @@ def main() -> None:
     rates = {k: n / s for k, (n, s) in totals.items()}
     ratio = rates["spikernel"] / rates["baseline"]
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "device": device_name(device),
+        args.json.write_text(json.dumps({"machine": machine(), "device": device_label(device),
                                          "settings": vars(args) | {"json": None}, "img_per_s": rates,
                                          "ratio": ratio}, indent=2) + "\n")
     print(f"spikernel {rates['spikernel']:.1f} img/s, baseline {rates['baseline']:.1f} img/s")

@@ -66,6 +66,12 @@ def resolve_device(name: str | None = None, local_rank: int = 0) -> torch.device
     return device
 
 
+def device_label(device: torch.device | str) -> str:
+    """'cpu', or e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)': results name the hardware they came from."""
+    device = torch.device(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def init(device_name: str | None = None) -> tuple[World, torch.device]:
     """This process's place in the world torchrun described, its device, and the process group."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

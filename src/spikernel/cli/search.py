@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import click
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from ..data import DEFAULT_DATASET, load_dataset
-from ..distributed import resolve_device
+from ..distributed import device_label, resolve_device
 from ..errors import ConfigError
 from ..fidelity import Fidelity, two_stage
 from ..memory import Budget
@@ -120,11 +119,6 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
     }
     result = write_outputs(out, spec, found, about, top)
     Console().print(summary_table(result, out))
-
-
-def device_label(device) -> str:
-    """'cpu', or the GPU's name: scores from different devices may differ in the last bits."""
-    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def summary_table(result: dict, out: Path) -> Table:

@@ -185,7 +185,8 @@ def _result(spec: RunSpec, model, history, data, world, device, seconds: float) 
         "seconds_all_epochs": sum(r["seconds"] for r in history),
         "history": history,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                    "device": str(device), "processes": world.size, "threads": torch.get_num_threads()},
+                    "device": distributed.device_label(device), "processes": world.size,
+                    "threads": torch.get_num_threads()},
     }
 
 
