@@ -7,6 +7,7 @@ at t-1 into node i at t.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 import torch
 from spikingjelly.activation_based import functional, layer
@@ -268,8 +269,7 @@ def build_model(genotype: Genotype | str, macro: MacroConfig | str, device: torc
         genotype = Genotype.parse(genotype)
     if isinstance(macro, str):
         macro = get_preset(macro)
-    if device is None:
-        return SNN(genotype, macro)
-    with torch.device(device):  # no host-side draws and copy: at CIFAR widths those cost more than scoring
+    # Drawn in place: at CIFAR widths a host-side draw and copy cost more than scoring on a GPU.
+    with torch.device(device) if device is not None else nullcontext():
         return SNN(genotype, macro)
 

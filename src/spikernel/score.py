@@ -66,14 +66,21 @@ def spike_overlap(spikes: torch.Tensor) -> torch.Tensor:
     int32 sums where the hardware has them (CUDA tensor cores, VNNI/AMX CPUs: 3-5x float32 on this
     project's CPU at 65K-131K neurons, conversion included), else float32 below 2**24 neurons.
     """
-    b, n = spikes.shape[-2:]
-    if INT8_PRODUCTS.get(spikes.device.type) and n < 2**31 and (
-            spikes.device.type == "cpu" or (b > 16 and b % 8 == 0 and n % 8 == 0)):  # CUDA's _int_mm shapes
+    if _int8_products_fit(spikes):
         return int8_overlap(spikes)
+    n = spikes.shape[-1]
     c = spikes.float()
     if n >= 2**24:
         c = c.double()
     return (c @ c.transpose(-1, -2)).double()
+
+
+def _int8_products_fit(spikes: torch.Tensor) -> bool:
+    b, n = spikes.shape[-2:]
+    kind = spikes.device.type
+    if not INT8_PRODUCTS.get(kind) or n >= 2**31:  # int32 sums
+        return False
+    return kind == "cpu" or (b > 16 and b % 8 == 0 and n % 8 == 0)  # the shapes CUDA's _int_mm takes
 
 
 def int8_overlap(spikes: torch.Tensor) -> torch.Tensor:
