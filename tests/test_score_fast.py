@@ -22,6 +22,8 @@ from spikernel.score import (
     score_model,
     scoring_forwards,
     sibling_lifs,
+    window_sum_fits,
+    window_sum_pool,
 )
 from spikernel.space import Genotype, sample_many
 
@@ -78,15 +80,35 @@ def test_batch_norm_steps_is_per_timestep_batch_norm():
         assert torch.equal(got, expected)
         assert torch.equal(got, bn(x))  # the module's own training-mode forward
         assert torch.equal(batch_norm_steps(bn, x[:1]), bn(x[:1]))
+        for steps in (x, x[:1], x[0]):  # in place: the same kernel writing over its input
+            owned = steps.clone()
+            assert batch_norm_steps(bn, owned, in_place=True).data_ptr() == owned.data_ptr()
+            assert torch.equal(owned, bn(steps))
 
 
-@pytest.mark.parametrize("pool", [layer.AvgPool2d(3, 1, 1, step_mode="m"), layer.AvgPool2d(2, 2, step_mode="m")])
-def test_pooling_channels_last_gives_the_same_bits(pool):
+POOLS = [layer.AvgPool2d(3, 1, 1, step_mode="m"), layer.AvgPool2d(2, 2, step_mode="m"),
+         layer.AvgPool2d(7, 7, step_mode="m")]
+
+
+@pytest.mark.parametrize("window_sums", [False, True], ids=["channels-last", "window-sums"])
+@pytest.mark.parametrize("pool", POOLS, ids=["3x3", "2x2", "7x7"])
+def test_pooling_schedules_give_pytorchs_values(pool, window_sums, monkeypatch):
+    if window_sums:  # what larger tensors get
+        monkeypatch.setattr("spikernel.score.WINDOW_SUM_MIN_BYTES", 0)
+        monkeypatch.setattr("spikernel.score.WINDOW_CHUNK_BYTES", 3000)  # several chunks, a partial last one
     torch.manual_seed(0)
     x = (torch.rand(3, 4, 8, 14, 14) > 0.7).float() * torch.randn(3, 4, 8, 14, 14)
     got = avg_pool_steps(pool, x)
     assert torch.equal(got, pool(x))
     assert got.is_contiguous()  # the convolutions after it must see NCHW
+
+
+def test_window_sums_cover_the_padding_setting_they_reproduce():
+    assert window_sum_fits(torch.nn.AvgPool2d(3, 1, 1))
+    assert not window_sum_fits(torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False))
+    assert not window_sum_fits(torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True))
+    x = torch.randn(2, 3, 9, 9)
+    assert torch.equal(window_sum_pool(x, (3, 3), (2, 2), (1, 1)), torch.nn.functional.avg_pool2d(x, 3, 2, 1))
 
 
 def test_sibling_lifs_group_the_edges_leaving_one_node():
@@ -124,6 +146,24 @@ def test_fast_scoring_restores_the_model():
     out = net(torch.randn(8, 1, 28, 28))  # and it still trains as before
     out.sum().backward()
     assert net.stem[0].weight.grad is not None
+
+
+def test_the_last_steps_unread_convolutions_are_skipped():
+    """A backward edge's output at the last timestep feeds nothing: its LIF fires, its conv is skipped."""
+    net = build_model("0300 0030 3003 0000", TINY)  # a chain 0->1->2->3 and a backward conv edge 2->0
+    calls = {}
+    for key in ("2_0", "0_1"):
+        for module in net.cell1.ops[key]:
+            name = (key, type(module).__name__)
+            module.register_forward_hook(lambda *_, k=name: calls.update({k: calls.get(k, 0) + 1}))
+    torch.manual_seed(0)
+    fast = score_model(net, [torch.randn(8, 1, 28, 28)])
+    steps = TINY.timesteps
+    assert calls[("0_1", "Conv2d")] == steps
+    assert calls[("2_0", "Conv2d")] == calls[("2_0", "TimestepBatchNorm2d")] == steps - 1
+    assert calls[("2_0", "LIFNode")] == steps  # its spikes count in the score
+    torch.manual_seed(0)
+    assert fast == pytest.approx(score_model(net, [torch.randn(8, 1, 28, 28)], fast=False), rel=1e-9)
 
 
 def test_the_accumulator_counts_shared_layers_once_each():

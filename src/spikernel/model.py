@@ -160,8 +160,12 @@ class Cell(nn.Module):
             outputs.append(out)
         return torch.cat(outputs)
 
-    def _step(self, x_in, carry):
-        """Nodes in order; node i's outgoing ops see its value plus what backward edges carried in."""
+    def _step(self, x_in, carry, carry_out: bool = True):
+        """Nodes in order; node i's outgoing ops see its value plus what backward edges carried in.
+
+        ``carry_out=False`` (the scorer's last timestep, whose carry nothing reads) fires the
+        backward edges' LIFs, whose spikes the score counts, and skips their convolutions.
+        """
         values: list[torch.Tensor | None] = [None] * NODES
         values[INPUT] = _add(x_in, carry[INPUT])
         for j in range(1, NODES):
@@ -172,7 +176,11 @@ class Cell(nn.Module):
             values[j] = node if node is not None else torch.zeros_like(x_in)
         new_carry: list[torch.Tensor | None] = [None] * NODES
         for j, i in self.backward_edges:
-            new_carry[i] = _add(new_carry[i], self.ops[_edge_key(j, i)](values[j]))
+            op = self.ops[_edge_key(j, i)]
+            if carry_out:
+                new_carry[i] = _add(new_carry[i], op(values[j]))
+            elif isinstance(op, nn.Sequential):
+                op[0](values[j])
         return values[OUTPUT], new_carry
 
 

@@ -7,9 +7,11 @@ firing rates alone would explain, tends to train well. For every LIF layer and t
 Two paths give the same score. The plain one hooks spikingjelly's own LIFs. The fast one (the
 default) swaps in inference-only forwards while it scores: a LIF scan that writes its spikes in
 place and feeds the kernel directly, shared by the LIFs that see the same tensor; per-timestep
-BatchNorm without running statistics; pooling computed channels-last; one timestep at a time, up to the last LIF and no further;
-and malloc kept from returning activations to the OS. Every change keeps the arithmetic of each
-operation, so the spikes, and the score, are the same bit for bit.
+BatchNorm without running statistics, in place on a convolution's output; pooling with a
+cache-friendly schedule; one timestep at a time, up to the last LIF and no further, skipping
+the last step's backward-edge convolutions that nothing reads; and malloc kept from returning
+activations to the OS. Every change keeps the arithmetic of each operation, so the spikes, and
+the score, are the same bit for bit.
 ``benchmarks/score_speed.py`` measures it against a SNASNet-style scorer.
 """
 
@@ -149,37 +151,96 @@ def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, tau: float, threshold: float)
     return spikes
 
 
-def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Training-mode BatchNorm of [B, C, H, W] or [T, B, C, H, W] with statistics per timestep.
 
     Each step goes through the same kernel as SNASNet's per-step BatchNorm, so the output is
     bit-identical; the running statistics, which the score never reads, are left alone.
+    ``in_place`` (CPU) normalises ``x`` itself, for an input nothing else reads (a convolution's
+    output): the same kernel writing over its input, without a fresh output to page in.
     """
-    norm = lambda t: F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)  # noqa: E731
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        if not in_place or t.device.type != "cpu":
+            return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        mean, invstd = t.new_empty(t.shape[1]), t.new_empty(t.shape[1])
+        torch.ops.aten.native_batch_norm.out(t, bn.weight, bn.bias, None, None, True, 0.0, bn.eps,
+                                             out=t, save_mean=mean, save_invstd=invstd)
+        return t
+
     if x.dim() == 4:
         return norm(x)
     if x.shape[0] == 1:
         return norm(x[0]).unsqueeze(0)
-    out = torch.empty_like(x)
+    out = x if in_place else torch.empty_like(x)
     for t in range(x.shape[0]):
         out[t] = norm(x[t])
     return out
 
 
-def avg_pool_steps(pool: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
-    """Average pooling of [..., C, H, W], computed channels-last on CPU, returned contiguous.
+WINDOW_CHUNK_BYTES = 512 << 10  # padded planes summed per chunk: a few fit in L2 together
+WINDOW_SUM_MIN_BYTES = 16 << 20  # below this, the channels-last kernel (and its copies) stays in cache
 
-    PyTorch's channels-last CPU kernel sums each window in the same order as the NCHW one (the
-    same bits) and runs several times faster, copies included. The result goes back to NCHW
-    because convolutions round differently channels-last, and one flipped spike moves the score.
+
+def avg_pool_steps(pool: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """Average pooling of [..., C, H, W] on CPU, with PyTorch's values and a faster schedule.
+
+    PyTorch's CPU kernels add each window's inputs in row-major order from zero and divide by
+    the window size, so ``window_sum_pool`` and the channels-last kernel give the same values
+    (the copies of the latter included, several times faster than the NCHW kernel). The result
+    is NCHW because convolutions round differently channels-last, and one flipped spike moves
+    the score. Other devices and settings use the module's own kernel.
     """
     args = (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
             pool.divisor_override)
     flat = x.flatten(0, x.dim() - 4)
-    if x.device.type == "cpu":
-        flat = flat.contiguous(memory_format=torch.channels_last)
-    y = F.avg_pool2d(flat, *args).contiguous()
+    if x.device.type != "cpu":
+        y = F.avg_pool2d(flat, *args)
+    elif flat.nbytes >= WINDOW_SUM_MIN_BYTES and window_sum_fits(pool):
+        y = window_sum_pool(flat, _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding))
+    else:
+        y = F.avg_pool2d(flat.contiguous(memory_format=torch.channels_last), *args).contiguous()
     return y.view(*x.shape[:-3], *y.shape[1:])
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def window_sum_fits(pool: nn.AvgPool2d) -> bool:
+    """The settings ``window_sum_pool`` reproduces: zeros count as padding, windows never overhang."""
+    return not pool.ceil_mode and pool.divisor_override is None and (pool.count_include_pad or not pool.padding)
+
+
+def window_sum_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                    padding: tuple[int, int]) -> torch.Tensor:
+    """``F.avg_pool2d`` of a contiguous [N, C, H, W] (zero padding counted), summed window by window.
+
+    Each output is the sum of its window in row-major order, divided by the window size, as
+    PyTorch's kernel computes it; a padded input adds +0, which changes no sum (at most the sign
+    of a zero). Working through a few planes at a time keeps the k*k passes in cache.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    planes = x.reshape(n * c, h, w)
+    out = x.new_empty(n * c, out_h, out_w)
+    step = max(1, WINDOW_CHUNK_BYTES // ((h + 2 * ph) * (w + 2 * pw) * x.element_size()))
+    padded = x.new_zeros(min(step, n * c), h + 2 * ph, w + 2 * pw) if ph or pw else None
+    for first in range(0, n * c, step):
+        source = planes[first : first + step]
+        if padded is not None:
+            padded[: len(source), ph : ph + h, pw : pw + w] = source
+            source = padded[: len(source)]
+        total = out[first : first + step]
+        for i in range(kh):
+            for j in range(kw):
+                window = source[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+                if i == j == 0:
+                    total.copy_(window)
+                else:
+                    total += window
+        total.div_(kh * kw)
+    return out.view(n, c, out_h, out_w)
 
 
 class SharedNeurons:
@@ -242,8 +303,10 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
         forward = SharedNeurons(group, accumulator)
         for m in group:
             m.forward = forward
+    after_conv = {id(b) for seq in model.modules() if isinstance(seq, nn.Sequential)
+                  for a, b in zip(seq, list(seq)[1:]) if isinstance(a, nn.Conv2d)}
     for m in norms:
-        m.forward = lambda x, bn=m: batch_norm_steps(bn, x)
+        m.forward = lambda x, bn=m, own=id(m) in after_conv: batch_norm_steps(bn, x, in_place=own)
     pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
     for m in pools:
         m.forward = lambda x, pool=m: avg_pool_steps(pool, x)
@@ -291,27 +354,28 @@ def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
 
     The neurons keep their state between chunks, so the spikes are those of one pass over all
     T; one step at a time holds 1/T of the activations (SNASNet's own memory profile) and, on
-    CPU, convolving B images T times costs what convolving T*B once does. The output Linear
-    and the vote come after the last LIF and cannot change the score, so they are skipped.
+    CPU, convolving B images T times costs what convolving T*B once does. What cannot change
+    the score is skipped: the output Linear and the vote after the last LIF, and at the last
+    step the convolutions of backward edges, whose output would enter the step after it.
     """
     functional.reset_net(net)
     static = net.stem(images)
     steps = net.macro.timesteps
     carries = {net.cell1: [None] * NODES, net.cell2: [None] * NODES}
 
-    def cell(module: Cell, x: torch.Tensor) -> torch.Tensor:
+    def cell(module: Cell, x: torch.Tensor, start: int) -> torch.Tensor:
         if not module.backward_edges:
             return module._step(x, [None] * NODES)[0]
         outputs = []
         for t in range(x.shape[0]):  # backward edges carry node values from t-1 into t
-            out, carries[module] = module._step(x[t : t + 1], carries[module])
+            out, carries[module] = module._step(x[t : t + 1], carries[module], carry_out=start + t < steps - 1)
             outputs.append(out)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     for start in range(0, steps, chunk):
         x = static.unsqueeze(0).expand(min(chunk, steps - start), *static.shape)
-        x = net.reduction(cell(net.cell1, x))
-        x = net.last(cell(net.cell2, x)).flatten(2)
+        x = net.reduction(cell(net.cell1, x, start))
+        x = net.last(cell(net.cell2, x, start)).flatten(2)
         net.head[:-1](x)
 
 
