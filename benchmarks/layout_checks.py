@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
 
+from spikernel.layers import TimestepBatchNorm2d  # noqa: E402
+from spikernel.score import batch_norm_steps, window_sum_pool  # noqa: E402
+
 CL = torch.channels_last
 
 
@@ -69,6 +72,23 @@ def main(argv=None) -> int:
                 via_cl = lambda: pool(s.contiguous(memory_format=CL)).contiguous()  # noqa: E731
                 rows.append((f"avg pool {kernel}x{kernel} {shape}: channels-last and back", best_ms(lambda: pool(s)),
                              best_ms(via_cl), torch.equal(pool(s), via_cl())))
+        for shape, kernel, stride, pad in (((256, 128, 32, 32), 3, 1, 1), ((256, 256, 32, 32), 2, 2, 0)):
+            s = spikes(*shape) * torch.randn(shape)  # CIFAR widths, batch 256: the cell's and the reduction's pools
+            pool = lambda t: F.avg_pool2d(t, kernel, stride, pad)  # noqa: E731
+            via_cl = lambda: pool(s.contiguous(memory_format=CL)).contiguous()  # noqa: E731
+            sums = lambda: window_sum_pool(s, (kernel, kernel), (stride, stride), (pad, pad))  # noqa: E731
+            rows.append((f"avg pool {kernel}x{kernel} {shape}: channels-last and back", best_ms(lambda: pool(s), 5),
+                         best_ms(via_cl, 5), torch.equal(pool(s), via_cl())))
+            rows.append((f"avg pool {kernel}x{kernel} {shape}: window sums", best_ms(lambda: pool(s), 5),
+                         best_ms(sums, 5), torch.equal(pool(s), sums())))
+        x = torch.randn(256, 128, 32, 32) * 2 + 0.3
+        w, b = torch.rand(128) + 0.5, torch.randn(128)
+        bn = lambda t: F.batch_norm(t, None, None, w, b, True, 0.0, 1e-5)  # noqa: E731
+        norm = TimestepBatchNorm2d(128)
+        norm.weight.copy_(w), norm.bias.copy_(b)
+        rows.append(("batch norm (training) (256, 128, 32, 32): in place", best_ms(lambda: bn(x), 5),
+                     best_ms(lambda: batch_norm_steps(norm, x, in_place=True), 5),
+                     torch.equal(bn(x.clone()), batch_norm_steps(norm, x.clone(), in_place=True))))
         for batch, n in ((64, 12544), (128, 25088)):
             c = spikes(5, batch, n)
             rows.append((f"kernel products c c^T [5, {batch}, {n}]: bfloat16 blocks",

@@ -6,8 +6,10 @@ one after another, each variant in a fresh process (its own peak memory and page
 Variants, cumulative: the SNASNet-style baseline; spikernel's plain path (multi-step model,
 spikingjelly's LIF, hooks); the in-place LIF scan with per-step BatchNorm and inference mode; LIFs
 of sibling edges shared; pooling channels-last; one timestep per pass up to the last LIF;
-freed blocks up to 64 MiB kept by malloc (= ``score_model``'s default); instead, up to 1 GiB.
-Every variant must give the same scores.
+freed blocks up to 64 MiB kept by malloc; instead, up to 1 GiB. Ideas added after this table was
+made (BatchNorm in place, window-sum pooling, the last step's backward convolutions skipped,
+values let go after their last use) are on in every spikernel variant. Every variant must give
+the same scores.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
         S.avg_pool_steps = lambda pool, x: type(pool).forward(pool, x)
     if level < VARIANTS.index("+malloc keeps <=64 MiB"):
         S._MALLOC_TUNED = True  # as if chosen: leave glibc as it is
+    elif variant == "+malloc keeps <=64 MiB":
+        S.keep_freed_memory(64)
     if variant == "malloc keeps <=1 GiB":
         S.keep_freed_memory(1024)
     macro = get_preset(settings["preset"])

@@ -320,15 +320,22 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
 _MALLOC_TUNED = False
 
 
-def keep_freed_memory(max_block_mib: int = 64) -> bool:
+SCORING_KEPT_MIB = 512  # every activation and convolution buffer at CIFAR widths, batch 256
+TRAINING_KEPT_MIB = 64
+
+
+def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
     """Ask glibc's malloc to keep freed blocks up to ``max_block_mib`` for reuse (process-wide).
 
     By default glibc returns freed memory to the OS (blocks above a few MB are unmapped, the heap
     top is trimmed), so the next activation page-faults fresh, zeroed pages in again; that is much
-    of SNASNet's scoring CPU time (SPEC 9). Kept blocks are reused by the next activation and the
-    next candidate. Larger blocks still come and go fresh: kept in the heap they fragment it, and
-    at CIFAR widths with batch 256 the peak grew by 40% (docs/BENCHMARKS.md). ``score_model``
-    calls this once with the default; call it yourself first to choose. Returns False off glibc.
+    of SNASNet's scoring CPU time (SPEC 9), and each oneDNN convolution allocates three
+    activation-sized buffers. Kept blocks are reused by the next activation and the next
+    candidate; larger ones still come and go fresh. Kept blocks fragment the heap: scoring
+    at CIFAR-100 widths with batch 256 peaks 12% below a SNASNet-style scorer keeping up to
+    512 MiB (``score_model``'s default) once each value is let go after its last use
+    (docs/BENCHMARKS.md); training keeps up to 64 MiB. The first call in a process decides;
+    call it yourself first to choose. Returns False off glibc.
     """
     global _MALLOC_TUNED
     _MALLOC_TUNED = True
@@ -343,10 +350,10 @@ def keep_freed_memory(max_block_mib: int = 64) -> bool:
     return True
 
 
-def keep_freed_memory_by_default() -> None:
-    """``keep_freed_memory()`` with its default, unless the process already chose a setting."""
+def keep_freed_memory_by_default(max_block_mib: int = TRAINING_KEPT_MIB) -> None:
+    """``keep_freed_memory(max_block_mib)``, unless the process already chose a setting."""
     if not _MALLOC_TUNED:
-        keep_freed_memory()
+        keep_freed_memory(max_block_mib)
 
 
 def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
@@ -407,7 +414,7 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     model.train()
     if fast:
-        keep_freed_memory_by_default()
+        keep_freed_memory_by_default(SCORING_KEPT_MIB)
     scores = []
     with torch.inference_mode():
         for images in batches:
