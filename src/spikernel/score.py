@@ -331,11 +331,12 @@ def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
     top is trimmed), so the next activation page-faults fresh, zeroed pages in again; that is much
     of SNASNet's scoring CPU time (SPEC 9), and each oneDNN convolution allocates three
     activation-sized buffers. Kept blocks are reused by the next activation and the next
-    candidate; larger ones still come and go fresh. Kept blocks fragment the heap: scoring
-    at CIFAR-100 widths with batch 256 peaks 12% below a SNASNet-style scorer keeping up to
-    512 MiB (``score_model``'s default) once each value is let go after its last use
-    (docs/BENCHMARKS.md); training keeps up to 64 MiB. The first call in a process decides;
-    call it yourself first to choose. Returns False off glibc.
+    candidate; larger ones still come and go fresh. Kept blocks fragment the heap: scoring at
+    CIFAR-100 widths with batch 256 and blocks up to 512 MiB kept (``score_model``'s default)
+    takes 62 s per candidate instead of 74 and peaks 12% below a SNASNet-style scorer over two
+    candidates, 9% above it over four (docs/BENCHMARKS.md); training keeps up to 64 MiB. The
+    first call in a process decides: call ``keep_freed_memory(64)`` first for the lower peak.
+    Returns False off glibc.
     """
     global _MALLOC_TUNED
     _MALLOC_TUNED = True
