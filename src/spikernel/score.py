@@ -159,8 +159,10 @@ def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False
     ``in_place`` (CPU) normalises ``x`` itself, for an input nothing else reads (a convolution's
     output): the same kernel writing over its input, without a fresh output to page in.
     """
+    in_place = in_place and x.device.type == "cpu"
+
     def norm(t: torch.Tensor) -> torch.Tensor:
-        if not in_place or t.device.type != "cpu":
+        if not in_place:
             return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         mean, invstd = t.new_empty(t.shape[1]), t.new_empty(t.shape[1])
         torch.ops.aten.native_batch_norm.out(t, bn.weight, bn.bias, None, None, True, 0.0, bn.eps,
@@ -171,7 +173,11 @@ def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False
         return norm(x)
     if x.shape[0] == 1:
         return norm(x[0]).unsqueeze(0)
-    out = x if in_place else torch.empty_like(x)
+    if in_place:
+        for step in x:
+            norm(step)
+        return x
+    out = torch.empty_like(x)
     for t in range(x.shape[0]):
         out[t] = norm(x[t])
     return out
