@@ -146,6 +146,10 @@ class Cell(nn.Module):
             raise GenotypeError(f"genotype {genotype}: the cell output (node 3) is not connected to its input")
         self.forward_edges = [(i, j) for i, j, _ in genotype.forward_edges]
         self.backward_edges = [(j, i) for j, i, _ in genotype.backward_edges]
+        # Per node, in edge order: the nodes feeding it forward, and the nodes it carries into.
+        self.sources = [[i for i, jj in self.forward_edges if jj == j] for j in range(NODES)]
+        self.carried_into = [[i for jj, i in self.backward_edges if jj == j] for j in range(NODES)]
+        self.fan_out = [sum(j in sources for sources in self.sources) for j in range(NODES)]
         self.ops = nn.ModuleDict(
             {_edge_key(a, b): make_op(code, channels, macro) for a, b, code in genotype.all_edges}
         )
@@ -169,29 +173,25 @@ class Cell(nn.Module):
         reads) fires those edges' LIFs, whose spikes the score counts, and skips their convolutions.
         """
         values: list[torch.Tensor | None] = [None] * NODES
-        uses = [sum(1 for i, _ in self.forward_edges if i == j) for j in range(NODES)]
+        uses = list(self.fan_out)
         new_carry: list[torch.Tensor | None] = [None] * NODES
         for j in range(NODES):
-            if j == INPUT:
-                node = x_in
-            else:
-                node = None
-                for i in (i for i, jj in self.forward_edges if jj == j):
-                    node = _add(node, self.ops[_edge_key(i, j)](values[i]))
-                    uses[i] -= 1
-                    if not uses[i]:
-                        values[i] = None
+            node = x_in if j == INPUT else None
+            for i in self.sources[j]:
+                node = _add(node, self.ops[_edge_key(i, j)](values[i]))
+                uses[i] -= 1
+                if not uses[i]:
+                    values[i] = None
             if j != OUTPUT:
                 node, carry[j] = _add(node, carry[j]), None
             # A node fed only by backward edges is at rest (zero) on the first step.
             values[j] = node if node is not None else torch.zeros_like(x_in)
-            for jj, i in self.backward_edges:
-                if jj == j:
-                    op = self.ops[_edge_key(j, i)]
-                    if carry_out:
-                        new_carry[i] = _add(new_carry[i], op(values[j]))
-                    elif isinstance(op, nn.Sequential):
-                        op[0](values[j])
+            for i in self.carried_into[j]:
+                op = self.ops[_edge_key(j, i)]
+                if carry_out:
+                    new_carry[i] = _add(new_carry[i], op(values[j]))
+                elif isinstance(op, nn.Sequential):
+                    op[0](values[j])
             if not uses[j] and j != OUTPUT:
                 values[j] = None
         return values[OUTPUT], new_carry
