@@ -33,6 +33,7 @@ VARIANTS = ["snasnet", "plain", "lif+bn", "+shared LIFs", "+channels-last poolin
 
 def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
     torch.set_num_threads(settings["threads"])
+    import spikernel.heap as heap
     import spikernel.score as S
     from spikernel.model import build_model, get_preset
     from spikernel.neuron import is_lif
@@ -43,11 +44,11 @@ def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
     if level < VARIANTS.index("+channels-last pooling"):
         S.avg_pool_steps = lambda pool, x: type(pool).forward(pool, x)
     if level < VARIANTS.index("+malloc keeps <=64 MiB"):
-        S._MALLOC_TUNED = True  # as if chosen: leave glibc as it is
+        heap.keep_glibc_defaults()
     elif variant == "+malloc keeps <=64 MiB":
-        S.keep_freed_memory(64)
+        heap.keep_freed_memory(64)
     if variant == "malloc keeps <=1 GiB":
-        S.keep_freed_memory(1024)
+        heap.keep_freed_memory(1024)
     macro = get_preset(settings["preset"])
     chunk = 1 if level >= VARIANTS.index("+step by step") else macro.timesteps
     images, mean, std = scoring_images(macro)

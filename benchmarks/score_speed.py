@@ -34,7 +34,8 @@ from common import current_rss_mib, machine, normalize, peak_rss_mib, scoring_im
 
 from spikernel.distributed import device_label  # noqa: E402
 from spikernel.model import build_model, get_preset  # noqa: E402
-from spikernel.score import keep_freed_memory, score_model, scoring_batches  # noqa: E402
+from spikernel.heap import keep_freed_memory  # noqa: E402
+from spikernel.score import score_model, scoring_batches  # noqa: E402
 from spikernel.space import sample_many  # noqa: E402
 
 TOLERANCE = 1e-6

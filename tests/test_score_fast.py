@@ -50,8 +50,11 @@ def test_kernel_matches_spec_formula():
         np.testing.assert_allclose(ours[t], spec_kernel(c[t]), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("chunk", [None, 7])  # 7: CPU chunks, the last one short (300 neurons)
 @pytest.mark.parametrize("steps", [1, 4])
-def test_lif_scan_fires_exactly_like_spikingjelly(steps):
+def test_lif_scan_fires_exactly_like_spikingjelly(steps, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr("spikernel.score.LIF_CHUNK", chunk)
     torch.manual_seed(0)
     x = torch.randn(2 * steps, 3, 4, 5, 5) * 1.5
     neuron = lif()
@@ -187,12 +190,26 @@ def test_other_neurons_take_the_plain_path():
     assert score_model(net, batches) == score_model(net, batches, fast=False)
 
 
-def test_malloc_setting_applies_on_glibc():
+def test_malloc_settings_apply_on_glibc():
     import platform
 
-    from spikernel.score import keep_freed_memory
+    from spikernel.heap import keep_freed_memory, release_freed_memory
 
-    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() == glibc
+    assert release_freed_memory() == glibc
+
+
+def test_fast_scoring_lets_membranes_go_and_hands_free_memory_back(monkeypatch):
+    import spikernel.score
+
+    released = []
+    monkeypatch.setattr(spikernel.score, "release_freed_memory", lambda: released.append(True))
+    torch.manual_seed(0)
+    net = build_model("0302 0030 3003 0000", TINY)
+    score_model(net, [torch.randn(8, 1, 28, 28)])
+    assert released == [True]
+    assert not any(isinstance(m.v, torch.Tensor) for m in net.modules() if is_lif(m))
 
 
 def test_score_genotype_is_reproducible():

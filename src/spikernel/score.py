@@ -17,7 +17,6 @@ the score, are the same bit for bit.
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from torch import nn
 
 from spikingjelly.activation_based import functional
 
+from .heap import SCORING_KEPT_MIB, keep_freed_memory_by_default, release_freed_memory
 from .model import SNN, Cell, build_model
 from .neuron import is_lif
 from .space import NODES
@@ -135,20 +135,37 @@ def recording(model: nn.Module, accumulator: KernelAccumulator):
 # --------------------------------------------------------------------------- fast path
 
 
+LIF_CHUNK = 1 << 16  # elements per CPU pass: x, v and the spikes of a chunk stay in L2 together
+
+
 def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
     """Inference-only LIF over [T, ...] with hard reset to 0; updates ``v`` in place.
 
     Spike for spike the same as spikingjelly's LIFNode (the same operations in the same order,
     so the same rounding), but five in-place passes per step into one preallocated output
-    instead of fresh temporaries per step and a final stack.
+    instead of fresh temporaries per step and a final stack. On CPU the passes run over
+    ``LIF_CHUNK`` elements at a time (element-wise, so the same bits): at CIFAR widths with batch
+    256 a step is 128 MiB, and chunks make the five passes one trip through memory (1.7x faster).
     """
-    spikes = torch.empty_like(x_seq)
-    for x, out in zip(x_seq, spikes):
-        torch.sub(x, v, out=out)
-        v.add_(out.div_(tau))  # h = v + (x - v) / tau
-        torch.ge(v, threshold, out=out)
-        v.addcmul_(v, out, value=-1.0)  # v - v * spike: exactly h, or 0 where it fired
+    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+    if v.device.type != "cpu" or not v.is_contiguous() or v.numel() <= LIF_CHUNK:
+        for x, out in zip(x_seq, spikes):
+            _lif_step(x, v, out, tau, threshold)
+        return spikes
+    flat_v = v.view(-1)
+    for x, out in zip(x_seq, spikes):  # flattened alike: element i of each is the same neuron
+        flat_x, flat_out = x.reshape(-1), out.view(-1)
+        for first in range(0, v.numel(), LIF_CHUNK):
+            part = slice(first, first + LIF_CHUNK)
+            _lif_step(flat_x[part], flat_v[part], flat_out[part], tau, threshold)
     return spikes
+
+
+def _lif_step(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tau: float, threshold: float) -> None:
+    torch.sub(x, v, out=out)
+    v.add_(out.div_(tau))  # h = v + (x - v) / tau
+    torch.ge(v, threshold, out=out)
+    v.addcmul_(v, out, value=-1.0)  # v - v * spike: exactly h, or 0 where it fired
 
 
 def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
@@ -323,46 +340,6 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
             del m.forward  # back to the class's forward
 
 
-_MALLOC_TUNED = False
-
-
-SCORING_KEPT_MIB = 512  # every activation and convolution buffer at CIFAR widths, batch 256
-TRAINING_KEPT_MIB = 64
-
-
-def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
-    """Ask glibc's malloc to keep freed blocks up to ``max_block_mib`` for reuse (process-wide).
-
-    By default glibc returns freed memory to the OS (blocks above a few MB are unmapped, the heap
-    top is trimmed), so the next activation page-faults fresh, zeroed pages in again; that is much
-    of SNASNet's scoring CPU time (SPEC 9), and each oneDNN convolution allocates three
-    activation-sized buffers. Kept blocks are reused by the next activation and the next
-    candidate; larger ones still come and go fresh. Kept blocks fragment the heap: scoring at
-    CIFAR-100 widths with batch 256 and blocks up to 512 MiB kept (``score_model``'s default)
-    takes 62 s per candidate instead of 74 and peaks 12% below a SNASNet-style scorer over two
-    candidates, 9% above it over four (docs/BENCHMARKS.md); training keeps up to 64 MiB. The
-    first call in a process decides: call ``keep_freed_memory(64)`` first for the lower peak.
-    Returns False off glibc.
-    """
-    global _MALLOC_TUNED
-    _MALLOC_TUNED = True
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # not glibc
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, max_block_mib << 20)
-    mallopt(m_trim_threshold, 2**31 - 1)  # never shrink the heap: what was freed stays reusable
-    return True
-
-
-def keep_freed_memory_by_default(max_block_mib: int = TRAINING_KEPT_MIB) -> None:
-    """``keep_freed_memory(max_block_mib)``, unless the process already chose a setting."""
-    if not _MALLOC_TUNED:
-        keep_freed_memory(max_block_mib)
-
-
 def run_in_chunks(net: SNN, images: torch.Tensor, chunk: int = 1) -> None:
     """``SNN.forward_steps`` ``chunk`` timesteps at a time, stopping at the head's LIF.
 
@@ -426,6 +403,9 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
     with torch.inference_mode():
         for images in batches:
             scores.append(_score_batch(model, images, fast, chunk))
+    if fast:  # the membranes go with the activations; the next candidate starts on an unfragmented peak
+        functional.reset_net(model)
+        release_freed_memory()
     if not scores:
         raise ValueError("score_model needs at least one batch")
     return sum(scores) / len(scores)

@@ -27,7 +27,7 @@ from .distributed import SINGLE, World, wrap
 from .errors import ConfigError, SpikernelError
 from .fused import fused_neurons
 from .neuron import is_lif
-from .score import keep_freed_memory_by_default
+from .heap import keep_freed_memory_by_default
 
 
 @dataclass(frozen=True)

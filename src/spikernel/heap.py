@@ -1,0 +1,75 @@
+"""glibc malloc settings for activation-sized tensors: keep freed blocks, hand them back between jobs.
+
+By default glibc returns freed memory to the OS (blocks above a few MB are unmapped, the heap top
+is trimmed), so the next activation page-faults fresh, zeroed pages in again. That is much of
+SNASNet's scoring CPU time (SPEC 9), and each oneDNN convolution allocates three activation-sized
+buffers. Kept blocks are reused instead, but they fragment the heap as different candidates
+allocate in different orders, so the scorer hands the free pages back after each candidate
+(docs/BENCHMARKS.md, section 1, has the figures). Off glibc every call here does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+SCORING_KEPT_MIB = 512  # every activation and convolution buffer at CIFAR widths, batch 256
+TRAINING_KEPT_MIB = 64
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_chosen = False
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+
+
+def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
+    """Ask malloc to keep freed blocks up to ``max_block_mib`` for reuse (process-wide).
+
+    Larger blocks still come and go fresh. The scorer keeps up to ``SCORING_KEPT_MIB`` (at
+    CIFAR-100 widths with batch 256: 62 s per candidate instead of 74 at 64 MiB), training up
+    to ``TRAINING_KEPT_MIB``. The first call in a process decides (``keep_freed_memory_by_default``
+    leaves an earlier choice alone). Returns False off glibc.
+    """
+    global _chosen
+    _chosen = True
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, max_block_mib << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # the heap top shrinks only past 2 GiB free
+    return True
+
+
+def keep_freed_memory_by_default(max_block_mib: int = TRAINING_KEPT_MIB) -> None:
+    """``keep_freed_memory(max_block_mib)``, unless the process already chose a setting."""
+    if not _chosen:
+        keep_freed_memory(max_block_mib)
+
+
+def keep_glibc_defaults() -> None:
+    """Leave malloc as glibc sets it, and stop the scorer and trainer from changing it (benchmarks)."""
+    global _chosen
+    _chosen = True
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free pages to the OS (``malloc_trim``), keeping its layout.
+
+    Called between candidates: their next use costs a page fault each (about 1% of a CIFAR-width
+    candidate), and what a search holds at its peak stays that of one candidate instead of growing
+    with the fragments earlier candidates left. Returns False off glibc.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
