@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
 
+import spikernel.score as S  # noqa: E402
 from spikernel.layers import TimestepBatchNorm2d  # noqa: E402
-from spikernel.score import batch_norm_steps, window_sum_pool  # noqa: E402
+from spikernel.neuron import TAU, THRESHOLD  # noqa: E402
+from spikernel.score import batch_norm_steps, lif_scan, window_sum_pool  # noqa: E402
 
 CL = torch.channels_last
 
@@ -36,6 +38,15 @@ def blocked_products(c: torch.Tensor, width: int = 256) -> torch.Tensor:
     cb = F.pad(c.to(torch.bfloat16), (0, (-n) % width))
     blocks = cb.view(steps, batch, -1, width).transpose(1, 2)
     return (blocks @ blocks.transpose(-1, -2)).sum(1, dtype=torch.float32)
+
+
+def lif_scan_chunked(x: torch.Tensor, v: torch.Tensor, chunk: int = S.LIF_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lif_scan`` with ``chunk`` elements per pass (a chunk past the tensor's size: whole passes)."""
+    default, S.LIF_CHUNK = S.LIF_CHUNK, chunk
+    try:
+        return lif_scan(x, v, TAU, THRESHOLD), v
+    finally:
+        S.LIF_CHUNK = default
 
 
 def main(argv=None) -> int:
@@ -89,6 +100,11 @@ def main(argv=None) -> int:
         rows.append(("batch norm (training) (256, 128, 32, 32): in place", best_ms(lambda: bn(x), 5),
                      best_ms(lambda: batch_norm_steps(norm, x, in_place=True), 5),
                      torch.equal(bn(x.clone()), batch_norm_steps(norm, x.clone(), in_place=True))))
+        x, v = torch.randn(1, 256, 128, 32, 32) * 1.5, torch.rand(256, 128, 32, 32)  # one LIF step, batch 256
+        rows.append(("LIF step (256, 128, 32, 32): in chunks of LIF_CHUNK elements",
+                     best_ms(lambda: lif_scan_chunked(x, v, 1 << 62), 5), best_ms(lambda: lif_scan_chunked(x, v), 5),
+                     all(torch.equal(a, b) for a, b in zip(lif_scan_chunked(x, v.clone(), 1 << 62),
+                                                           lif_scan_chunked(x, v.clone())))))
         for batch, n in ((64, 12544), (128, 25088)):
             c = spikes(5, batch, n)
             rows.append((f"kernel products c c^T [5, {batch}, {n}]: bfloat16 blocks",

@@ -17,6 +17,7 @@ from spikernel.score import (
     avg_pool_steps,
     batch_norm_steps,
     lif_scan,
+    pooled_convolution,
     sahd_kernel,
     score_genotype,
     score_model,
@@ -104,6 +105,35 @@ def test_pooling_schedules_give_pytorchs_values(pool, window_sums, monkeypatch):
     got = avg_pool_steps(pool, x)
     assert torch.equal(got, pool(x))
     assert got.is_contiguous()  # the convolutions after it must see NCHW
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pooled_convolution_by_halves_is_the_three_modules(bias, monkeypatch):
+    monkeypatch.setattr("spikernel.score.SPLIT_MIN_BYTES", 0)  # what the reduction gets at CIFAR widths
+    torch.manual_seed(0)
+    conv = layer.Conv2d(16, 32, 3, padding=1, bias=bias, step_mode="m")
+    bn = TimestepBatchNorm2d(32)
+    torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+    pool = layer.AvgPool2d(2, 2, step_mode="m")
+    x = (torch.rand(2, 6, 16, 14, 14) > 0.7).float()
+    with torch.inference_mode():
+        expected = pool(bn(conv(x)))
+        got = pooled_convolution(conv, bn, pool, x)
+    assert torch.equal(got, expected)
+
+
+def test_fast_score_with_the_reduction_by_halves_equals_plain_score(monkeypatch):
+    monkeypatch.setattr("spikernel.score.SPLIT_MIN_BYTES", 0)
+    macro = get_preset("fmnist-small")  # reduction 16 -> 32 channels: halves of 16
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 1, 28, 28)]
+    net = build_model("0244 0005 0200 0030", macro)
+    scores = []
+    for fast in (False, True):
+        torch.manual_seed(7)
+        scores.append(score_model(net, batches, fast=fast))
+    assert scores[1] == pytest.approx(scores[0], rel=1e-9)
 
 
 def test_window_sums_cover_the_padding_setting_they_reproduce():

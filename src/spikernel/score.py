@@ -168,21 +168,24 @@ def _lif_step(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tau: float, t
     v.addcmul_(v, out, value=-1.0)  # v - v * spike: exactly h, or 0 where it fired
 
 
-def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor, in_place: bool = False,
+                     channels: slice = slice(None)) -> torch.Tensor:
     """Training-mode BatchNorm of [B, C, H, W] or [T, B, C, H, W] with statistics per timestep.
 
     Each step goes through the same kernel as SNASNet's per-step BatchNorm, so the output is
     bit-identical; the running statistics, which the score never reads, are left alone.
     ``in_place`` (CPU) normalises ``x`` itself, for an input nothing else reads (a convolution's
     output): the same kernel writing over its input, without a fresh output to page in.
+    ``channels``: ``x`` holds only these of ``bn``'s channels (each channel's statistics are its own).
     """
     in_place = in_place and x.device.type == "cpu"
+    weight, bias = (None if p is None else p[channels] for p in (bn.weight, bn.bias))
 
     def norm(t: torch.Tensor) -> torch.Tensor:
         if not in_place:
-            return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+            return F.batch_norm(t, None, None, weight, bias, True, 0.0, bn.eps)
         mean, invstd = t.new_empty(t.shape[1]), t.new_empty(t.shape[1])
-        torch.ops.aten.native_batch_norm.out(t, bn.weight, bn.bias, None, None, True, 0.0, bn.eps,
+        torch.ops.aten.native_batch_norm.out(t, weight, bias, None, None, True, 0.0, bn.eps,
                                              out=t, save_mean=mean, save_invstd=invstd)
         return t
 
@@ -266,6 +269,55 @@ def window_sum_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int,
     return out.view(n, c, out_h, out_w)
 
 
+SPLIT_MIN_BYTES = 64 << 20  # pooled convolution outputs from this size on are made in halves
+
+
+def pooled_convolution(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """Conv -> BatchNorm -> average pool over [T, B, C, H, W], by halves of the output channels.
+
+    Each output channel's convolution sums, batch statistics and windows are its own (oneDNN
+    gives the same bits for a slice of the filters), so this is the three modules' result, while
+    the full-resolution output never exists whole: at CIFAR widths with batch 256 the reduction's
+    convolution and oneDNN's two copies of it would be 640 MiB at once, the scorer's peak.
+    """
+    out_bytes = x[0].numel() // x.shape[2] * conv.out_channels * x.element_size()
+    if (x.dim() != 5 or x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros"
+            or conv.out_channels % 32 or out_bytes < SPLIT_MIN_BYTES):
+        return pool(bn(conv(x)))
+    steps, batch = x.shape[:2]
+    half = conv.out_channels // 2
+    flat, parts = x.flatten(0, 1), []
+    for first in (0, half):
+        channels = slice(first, first + half)
+        bias = None if conv.bias is None else conv.bias[channels]
+        y = F.conv2d(flat, conv.weight[channels], bias, conv.stride, conv.padding, conv.dilation)
+        y = batch_norm_steps(bn, y.view(steps, batch, *y.shape[1:]), in_place=True, channels=channels)
+        parts.append(avg_pool_steps(pool, y))
+        del y
+    return torch.cat(parts, dim=2)
+
+
+def _pooled_convolutions(seq: nn.Sequential):
+    """``seq``'s forward with each Conv2d -> BatchNorm2d -> AvgPool2d run as ``pooled_convolution``."""
+    mods = list(seq)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while i < len(mods):
+            if _is_pooled_convolution(mods[i : i + 3]):
+                x, i = pooled_convolution(*mods[i : i + 3], x), i + 3
+            else:
+                x, i = mods[i](x), i + 1
+        return x
+
+    return forward
+
+
+def _is_pooled_convolution(mods: list[nn.Module]) -> bool:
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
+    return len(mods) == 3 and all(isinstance(m, k) for m, k in zip(mods, kinds))
+
+
 class SharedNeurons:
     """The fast forward of one or more LIFs that always receive the same tensor.
 
@@ -333,10 +385,14 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
     pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
     for m in pools:
         m.forward = lambda x, pool=m: avg_pool_steps(pool, x)
+    pooled = [m for m in model.modules() if isinstance(m, nn.Sequential)
+              and any(_is_pooled_convolution(list(m)[i : i + 3]) for i in range(len(m)))]
+    for m in pooled:
+        m.forward = _pooled_convolutions(m)
     try:
         yield accumulator
     finally:
-        for m in lifs + norms + pools:
+        for m in lifs + norms + pools + pooled:
             del m.forward  # back to the class's forward
 
 
