@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from spikingjelly.activation_based import layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -23,7 +24,7 @@ from common import best_ms, machine  # noqa: E402
 import spikernel.score as S  # noqa: E402
 from spikernel.layers import TimestepBatchNorm2d  # noqa: E402
 from spikernel.neuron import TAU, THRESHOLD  # noqa: E402
-from spikernel.score import batch_norm_steps, lif_scan, window_sum_pool  # noqa: E402
+from spikernel.score import batch_norm_steps, lif_scan, pooled_convolution, window_sum_pool  # noqa: E402
 
 CL = torch.channels_last
 
@@ -100,6 +101,14 @@ def main(argv=None) -> int:
         rows.append(("batch norm (training) (256, 128, 32, 32): in place", best_ms(lambda: bn(x), 5),
                      best_ms(lambda: batch_norm_steps(norm, x, in_place=True), 5),
                      torch.equal(bn(x.clone()), batch_norm_steps(norm, x.clone(), in_place=True))))
+        x = spikes(1, 256, 128, 32, 32)  # the reduction at CIFAR-100 widths, batch 256: 128 -> 256 channels
+        conv = layer.Conv2d(128, 256, 3, padding=1, bias=False, step_mode="m")
+        torch.nn.init.kaiming_uniform_(conv.weight, a=2)
+        norm, pool = TimestepBatchNorm2d(256), layer.AvgPool2d(2, 2, step_mode="m")
+        whole = lambda: pool(norm(conv(x)))  # noqa: E731
+        halves = lambda: pooled_convolution(conv, norm, pool, x)  # noqa: E731
+        rows.append(("conv 128->256 3x3, BatchNorm, 2x2 pool (1, 256, 128, 32, 32): by halves",
+                     best_ms(whole, 3), best_ms(halves, 3), torch.equal(whole(), halves())))
         x, v = torch.randn(1, 256, 128, 32, 32) * 1.5, torch.rand(256, 128, 32, 32)  # one LIF step, batch 256
         rows.append(("LIF step (256, 128, 32, 32): in chunks of LIF_CHUNK elements",
                      best_ms(lambda: lif_scan_chunked(x, v, 1 << 62), 5), best_ms(lambda: lif_scan_chunked(x, v), 5),

@@ -6,12 +6,13 @@ firing rates alone would explain, tends to train well. For every LIF layer and t
 
 Two paths give the same score. The plain one hooks spikingjelly's own LIFs. The fast one (the
 default) swaps in inference-only forwards while it scores: a LIF scan that writes its spikes in
-place and feeds the kernel directly, shared by the LIFs that see the same tensor; per-timestep
-BatchNorm without running statistics, in place on a convolution's output; pooling with a
-cache-friendly schedule; one timestep at a time, up to the last LIF and no further, skipping
+place, a cache-sized chunk at a time, and feeds the kernel directly, shared by the LIFs that see
+the same tensor; per-timestep BatchNorm without running statistics, in place on a convolution's
+output; pooling with a cache-friendly schedule; the reduction's convolution, BatchNorm and pool
+by halves of the channels; one timestep at a time, up to the last LIF and no further, skipping
 the last step's backward-edge convolutions that nothing reads; and malloc kept from returning
-activations to the OS. Every change keeps the arithmetic of each operation, so the spikes, and
-the score, are the same bit for bit.
+activations to the OS while a candidate is scored (``heap``). Every change keeps the arithmetic
+of each operation, so the spikes, and the score, are the same bit for bit.
 ``benchmarks/score_speed.py`` measures it against a SNASNet-style scorer.
 """
 
