@@ -281,11 +281,12 @@ def pooled_convolution(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.AvgPool2d, 
     the full-resolution output never exists whole: at CIFAR widths with batch 256 the reduction's
     convolution and oneDNN's two copies of it would be 640 MiB at once, the scorer's peak.
     """
-    out_bytes = x[0].numel() // x.shape[2] * conv.out_channels * x.element_size()
-    if (x.dim() != 5 or x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros"
-            or conv.out_channels % 32 or out_bytes < SPLIT_MIN_BYTES):
+    if x.dim() != 5 or x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros":
         return pool(bn(conv(x)))
-    steps, batch = x.shape[:2]
+    steps, batch, _, height, width = x.shape
+    step_bytes = batch * conv.out_channels * height * width * x.element_size()  # one step's output, unpooled
+    if conv.out_channels % 32 or step_bytes < SPLIT_MIN_BYTES:
+        return pool(bn(conv(x)))
     half = conv.out_channels // 2
     flat, parts = x.flatten(0, 1), []
     for first in (0, half):
