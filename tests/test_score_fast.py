@@ -230,6 +230,19 @@ def test_malloc_settings_apply_on_glibc():
     assert release_freed_memory() == glibc
 
 
+def test_an_earlier_malloc_choice_is_left_alone(monkeypatch):
+    import spikernel.heap as heap
+
+    monkeypatch.setattr(heap, "_chosen", False)
+    calls = []
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda mib: calls.append(mib))
+    heap.keep_freed_memory_by_default(512)
+    assert calls == [512]
+    heap.keep_glibc_defaults()  # e.g. a benchmark measuring glibc's own behaviour
+    heap.keep_freed_memory_by_default(512)
+    assert calls == [512]
+
+
 def test_fast_scoring_lets_membranes_go_and_hands_free_memory_back(monkeypatch):
     import spikernel.score
 
