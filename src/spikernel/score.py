@@ -18,6 +18,7 @@ of each operation, so the spikes, and the score, are the same bit for bit.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -281,12 +282,9 @@ def pooled_convolution(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.AvgPool2d, 
     the full-resolution output never exists whole: at CIFAR widths with batch 256 the reduction's
     convolution and oneDNN's two copies of it would be 640 MiB at once, the scorer's peak.
     """
-    if x.dim() != 5 or x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros":
+    if not _halves_pay(conv, x):
         return pool(bn(conv(x)))
-    steps, batch, _, height, width = x.shape
-    step_bytes = batch * conv.out_channels * height * width * x.element_size()  # one step's output, unpooled
-    if conv.out_channels % 32 or step_bytes < SPLIT_MIN_BYTES:
-        return pool(bn(conv(x)))
+    steps, batch = x.shape[:2]
     half = conv.out_channels // 2
     flat, parts = x.flatten(0, 1), []
     for first in (0, half):
@@ -299,25 +297,35 @@ def pooled_convolution(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.AvgPool2d, 
     return torch.cat(parts, dim=2)
 
 
-def _pooled_convolutions(seq: nn.Sequential):
-    """``seq``'s forward with each Conv2d -> BatchNorm2d -> AvgPool2d run as ``pooled_convolution``."""
-    mods = list(seq)
+def _halves_pay(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """A plain convolution of a multi-step CPU input whose output is large enough to matter."""
+    if x.dim() != 5 or x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros":
+        return False
+    batch, _, height, width = x.shape[1:]
+    step_bytes = batch * conv.out_channels * height * width * x.element_size()  # one step's output, unpooled
+    return conv.out_channels % 32 == 0 and step_bytes >= SPLIT_MIN_BYTES  # halves of 16-channel blocks
+
+
+def _with_pooled_convolutions(seq: nn.Sequential):
+    """A forward for ``seq`` running each Conv2d -> BatchNorm2d -> AvgPool2d as ``pooled_convolution``
+    (None if it has none); the modules are grouped once, not on every call."""
+    mods, steps = list(seq), []
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
+    while mods:
+        if len(mods) >= 3 and all(isinstance(m, k) for m, k in zip(mods, kinds)):
+            steps.append(functools.partial(pooled_convolution, *mods[:3]))
+            mods = mods[3:]
+        else:
+            steps.append(mods.pop(0))
+    if len(steps) == len(seq):
+        return None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        i = 0
-        while i < len(mods):
-            if _is_pooled_convolution(mods[i : i + 3]):
-                x, i = pooled_convolution(*mods[i : i + 3], x), i + 3
-            else:
-                x, i = mods[i](x), i + 1
+        for step in steps:
+            x = step(x)
         return x
 
     return forward
-
-
-def _is_pooled_convolution(mods: list[nn.Module]) -> bool:
-    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
-    return len(mods) == 3 and all(isinstance(m, k) for m, k in zip(mods, kinds))
 
 
 class SharedNeurons:
@@ -387,10 +395,11 @@ def scoring_forwards(model: nn.Module, accumulator: KernelAccumulator):
     pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
     for m in pools:
         m.forward = lambda x, pool=m: avg_pool_steps(pool, x)
-    pooled = [m for m in model.modules() if isinstance(m, nn.Sequential)
-              and any(_is_pooled_convolution(list(m)[i : i + 3]) for i in range(len(m)))]
-    for m in pooled:
-        m.forward = _pooled_convolutions(m)
+    pooled = []
+    for m in model.modules():
+        if isinstance(m, nn.Sequential) and (forward := _with_pooled_convolutions(m)):
+            m.forward = forward
+            pooled.append(m)
     try:
         yield accumulator
     finally:
