@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
 
-import spikernel.score as S  # noqa: E402
 from spikernel.layers import TimestepBatchNorm2d  # noqa: E402
 from spikernel.neuron import TAU, THRESHOLD  # noqa: E402
 from spikernel.score import batch_norm_steps, lif_scan, pooled_convolution, window_sum_pool  # noqa: E402
@@ -39,15 +38,6 @@ def blocked_products(c: torch.Tensor, width: int = 256) -> torch.Tensor:
     cb = F.pad(c.to(torch.bfloat16), (0, (-n) % width))
     blocks = cb.view(steps, batch, -1, width).transpose(1, 2)
     return (blocks @ blocks.transpose(-1, -2)).sum(1, dtype=torch.float32)
-
-
-def lif_scan_chunked(x: torch.Tensor, v: torch.Tensor, chunk: int = S.LIF_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lif_scan`` with ``chunk`` elements per pass (a chunk past the tensor's size: whole passes)."""
-    default, S.LIF_CHUNK = S.LIF_CHUNK, chunk
-    try:
-        return lif_scan(x, v, TAU, THRESHOLD), v
-    finally:
-        S.LIF_CHUNK = default
 
 
 def main(argv=None) -> int:
@@ -110,10 +100,11 @@ def main(argv=None) -> int:
         rows.append(("conv 128->256 3x3, BatchNorm, 2x2 pool (1, 256, 128, 32, 32): by halves",
                      best_ms(whole, 3), best_ms(halves, 3), torch.equal(whole(), halves())))
         x, v = torch.randn(1, 256, 128, 32, 32) * 1.5, torch.rand(256, 128, 32, 32)  # one LIF step, batch 256
-        rows.append(("LIF step (256, 128, 32, 32): in chunks of LIF_CHUNK elements",
-                     best_ms(lambda: lif_scan_chunked(x, v, 1 << 62), 5), best_ms(lambda: lif_scan_chunked(x, v), 5),
-                     all(torch.equal(a, b) for a, b in zip(lif_scan_chunked(x, v.clone(), 1 << 62),
-                                                           lif_scan_chunked(x, v.clone())))))
+        whole = lambda v: lif_scan(x, v, TAU, THRESHOLD, chunk=v.numel())  # noqa: E731
+        chunked = lambda v: lif_scan(x, v, TAU, THRESHOLD)  # noqa: E731
+        w, c = v.clone(), v.clone()
+        rows.append(("LIF step (256, 128, 32, 32): in chunks of LIF_CHUNK elements", best_ms(lambda: whole(v), 5),
+                     best_ms(lambda: chunked(v), 5), torch.equal(whole(w), chunked(c)) and torch.equal(w, c)))
         for batch, n in ((64, 12544), (128, 25088)):
             c = spikes(5, batch, n)
             rows.append((f"kernel products c c^T [5, {batch}, {n}]: bfloat16 blocks",

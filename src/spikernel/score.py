@@ -140,25 +140,28 @@ def recording(model: nn.Module, accumulator: KernelAccumulator):
 LIF_CHUNK = 1 << 16  # elements per CPU pass: x, v and the spikes of a chunk stay in L2 together
 
 
-def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
+def lif_scan(x_seq: torch.Tensor, v: torch.Tensor, tau: float, threshold: float,
+             chunk: int | None = None) -> torch.Tensor:
     """Inference-only LIF over [T, ...] with hard reset to 0; updates ``v`` in place.
 
     Spike for spike the same as spikingjelly's LIFNode (the same operations in the same order,
     so the same rounding), but five in-place passes per step into one preallocated output
     instead of fresh temporaries per step and a final stack. On CPU the passes run over
-    ``LIF_CHUNK`` elements at a time (element-wise, so the same bits): at CIFAR widths with batch
-    256 a step is 128 MiB, and chunks make the five passes one trip through memory (1.7x faster).
+    ``chunk`` (default ``LIF_CHUNK``) elements at a time (element-wise, so the same bits): at CIFAR
+    widths with batch 256 a step is 128 MiB, and chunks make the five passes one trip through memory
+    (1.7x faster).
     """
+    chunk = chunk or LIF_CHUNK
     spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
-    if v.device.type != "cpu" or not v.is_contiguous() or v.numel() <= LIF_CHUNK:
+    if v.device.type != "cpu" or not v.is_contiguous() or v.numel() <= chunk:
         for x, out in zip(x_seq, spikes):
             _lif_step(x, v, out, tau, threshold)
         return spikes
     flat_v = v.view(-1)
     for x, out in zip(x_seq, spikes):  # flattened alike: element i of each is the same neuron
         flat_x, flat_out = x.reshape(-1), out.view(-1)
-        for first in range(0, v.numel(), LIF_CHUNK):
-            part = slice(first, first + LIF_CHUNK)
+        for first in range(0, v.numel(), chunk):
+            part = slice(first, first + chunk)
             _lif_step(flat_x[part], flat_v[part], flat_out[part], tau, threshold)
     return spikes
 
