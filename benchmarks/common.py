@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from spikernel.data import load_dataset
+from spikernel.data.datasets import load_dataset
 
 
 def scoring_images(macro, dataset_name: str = "fashion-mnist-mini", data_dir: str | None = None):

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, normalize, scoring_images  # noqa: E402
 
-from spikernel.fidelity import Fidelity, shortlist  # noqa: E402
-from spikernel.model import get_preset  # noqa: E402
-from spikernel.score import score_genotype, scoring_batches  # noqa: E402
-from spikernel.space import sample_many  # noqa: E402
-from spikernel.storage import read_json, write_json  # noqa: E402
+from spikernel.nas.fidelity import Fidelity, shortlist  # noqa: E402
+from spikernel.nn.model import get_preset  # noqa: E402
+from spikernel.proxy.sahd import score_genotype, scoring_batches  # noqa: E402
+from spikernel.space.genotype import sample_many  # noqa: E402
+from spikernel.files import read_json, write_json  # noqa: E402
 
 GRID = [
     "width=0.5", "width=0.25", "width=0.125",

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
 
-from spikernel.layers import TimestepBatchNorm2d  # noqa: E402
-from spikernel.neuron import TAU, THRESHOLD  # noqa: E402
-from spikernel.score import batch_norm_steps, lif_scan, pooled_convolution, window_sum_pool  # noqa: E402
+from spikernel.nn.layers import TimestepBatchNorm2d  # noqa: E402
+from spikernel.nn.neuron import TAU, THRESHOLD  # noqa: E402
+from spikernel.proxy.sahd import batch_norm_steps, lif_scan, pooled_convolution, window_sum_pool  # noqa: E402
 
 CL = torch.channels_last
 

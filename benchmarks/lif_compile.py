@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
-from spikernel.neuron import TAU, THRESHOLD, lif  # noqa: E402
-from spikernel.score import lif_scan  # noqa: E402
+from spikernel.nn.neuron import TAU, THRESHOLD, lif  # noqa: E402
+from spikernel.proxy.sahd import lif_scan  # noqa: E402
 
 
 def step(x, v):

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spikernel.export import ExportError, export_nir
-from spikernel.model import build_model
-from spikernel.space import sample_many
+from spikernel.deploy.export import ExportError, export_nir
+from spikernel.nn.model import build_model
+from spikernel.space.genotype import sample_many
 
 
 def main():

@@ -34,9 +34,9 @@ VARIANTS = ["snasnet", "plain", "lif+bn", "+shared LIFs", "+channels-last poolin
 def worker(variant: str, settings: dict, genotypes: list[str], queue) -> None:
     torch.set_num_threads(settings["threads"])
     import spikernel.heap as heap
-    import spikernel.score as S
-    from spikernel.model import build_model, get_preset
-    from spikernel.neuron import is_lif
+    import spikernel.proxy.sahd as S
+    from spikernel.nn.model import build_model, get_preset
+    from spikernel.nn.neuron import is_lif
 
     level = VARIANTS.index(variant)
     if level < VARIANTS.index("+shared LIFs"):
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default="1x1_3x3_5x5")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    from spikernel.space import sample_many
+    from spikernel.space.genotype import sample_many
 
     genotypes = list(dict.fromkeys(str(g) for g in sample_many(args.kernels, "backward", 8 * args.candidates, 0)))
     genotypes = genotypes[: args.candidates + 1]

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, normalize, scoring_images  # noqa: E402
 
-from spikernel.distributed import device_label  # noqa: E402
-from spikernel.model import get_preset  # noqa: E402
-from spikernel.score import score_genotype, scoring_batches  # noqa: E402
-from spikernel.space import sample_many  # noqa: E402
+from spikernel.training.distributed import device_label  # noqa: E402
+from spikernel.nn.model import get_preset  # noqa: E402
+from spikernel.proxy.sahd import score_genotype, scoring_batches  # noqa: E402
+from spikernel.space.genotype import sample_many  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import current_rss_mib, machine, normalize, peak_rss_mib, scoring_images  # noqa: E402
 
-from spikernel.distributed import device_label  # noqa: E402
-from spikernel.model import build_model, get_preset  # noqa: E402
+from spikernel.training.distributed import device_label  # noqa: E402
+from spikernel.nn.model import build_model, get_preset  # noqa: E402
 from spikernel.heap import keep_freed_memory  # noqa: E402
-from spikernel.score import score_model, scoring_batches  # noqa: E402
-from spikernel.space import sample_many  # noqa: E402
+from spikernel.proxy.sahd import score_model, scoring_batches  # noqa: E402
+from spikernel.space.genotype import sample_many  # noqa: E402
 
 TOLERANCE = 1e-6
 SCORERS = ("snasnet", "spikernel")
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     same, speedup = report(settings, result)
     print(f"wall time {time.perf_counter() - started:.1f} s")
     if args.json:
-        from spikernel.storage import write_json
+        from spikernel.files import write_json
 
         write_json(args.json, {"settings": settings, "machine": machine(result["memory"]["spikernel"]["threads"]),
                                "device": device_label(args.device), **result, "speedup": speedup, "equal": same})

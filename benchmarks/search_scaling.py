@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine  # noqa: E402
 
-from spikernel.storage import read_json, write_json  # noqa: E402
+from spikernel.files import read_json, write_json  # noqa: E402
 
 
 def run_search(n: int, out: Path, args) -> dict:

@@ -24,8 +24,8 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
-from spikernel.model import SNN
-from spikernel.space import AVGPOOL, NODES, SKIP, kernel_of
+from spikernel.nn.model import SNN
+from spikernel.space.genotype import AVGPOOL, NODES, SKIP, kernel_of
 
 # SNASNet builds edge modules column by column: forward (row < col), then backward (row > col).
 FORWARD_ORDER = [(row, col) for col in range(1, NODES) for row in range(col)]

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from snasnet_baseline import BaselineSNASNet  # noqa: E402
 
-from spikernel.data import Split, load_dataset  # noqa: E402
-from spikernel.distributed import device_label  # noqa: E402
-from spikernel.model import build_model, get_preset  # noqa: E402
-from spikernel.train import TrainConfig, make_optimizer, on_device, train_epoch, training_step_model  # noqa: E402
-from spikernel.train import channels_last_enabled as train_channels_last  # noqa: E402
+from spikernel.data.datasets import Split, load_dataset  # noqa: E402
+from spikernel.training.distributed import device_label  # noqa: E402
+from spikernel.nn.model import build_model, get_preset  # noqa: E402
+from spikernel.training.loop import TrainConfig, make_optimizer, on_device, train_epoch, training_step_model  # noqa: E402
+from spikernel.training.loop import channels_last_enabled as train_channels_last  # noqa: E402
 
 
 class PerImageTrainSet(torch.utils.data.Dataset):

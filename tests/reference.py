@@ -5,7 +5,7 @@ import types
 import torch
 from spikingjelly.activation_based.model.snas_net import SNASNet
 
-from spikernel.space import NODES
+from spikernel.space.genotype import NODES
 
 # The reference builds edge modules column by column (SNASNet's order).
 _FORWARD = [(row, col) for col in range(1, NODES) for row in range(col)]

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from spikernel.checkpoint import (CHECKPOINT_FILE, CheckpointError, join_state, load_model, read_checkpoint,
+from spikernel.training.checkpoint import (CHECKPOINT_FILE, CheckpointError, join_state, load_model, read_checkpoint,
                                   split_state)
 from spikernel.cli import main
 from test_data_formats import write_fashion_mnist

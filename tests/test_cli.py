@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from spikernel.cli import main
-from spikernel.data import IDX_FILES
-from spikernel.memory import footprint
-from spikernel.model import get_preset
-from spikernel.space import Genotype
+from spikernel.data.datasets import IDX_FILES
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import get_preset
+from spikernel.space.genotype import Genotype
 
 
 def cli(*args):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikernel import data as data_module
-from spikernel.data import DOWNLOADS, IDX_FILES, Remote, augment, load_dataset
+from spikernel.data import datasets as data_module
+from spikernel.data.datasets import DOWNLOADS, IDX_FILES, Remote, augment, load_dataset
 from spikernel.errors import DatasetError
 
 

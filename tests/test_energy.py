@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from spikernel.energy import EnergyModel, measure, synapses
+from spikernel.selection.energy import EnergyModel, measure, synapses
 from spikernel.errors import ConfigError
-from spikernel.fold import fold
-from spikernel.model import MacroConfig, build_model
+from spikernel.deploy.fold import fold
+from spikernel.nn.model import MacroConfig, build_model
 
 TINY = MacroConfig(in_channels=1, image_size=4, num_classes=2, width=2, hidden=3, votes=1, second_pool=2,
                    timesteps=2, dropout=0.0)

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from spikernel.cli import main
 from spikernel.errors import ConfigError, KernelSetError
-from spikernel.explore import ExploreSettings, StudyMismatch, explore, load_study, select
+from spikernel.selection.explore import ExploreSettings, StudyMismatch, explore, load_study, select
 
 TINY = ExploreSettings(kernel_sets=("1x1_3x3", "1x1_5x5"), preset="fmnist-tiny", candidates=5, top_k=2, epochs=1,
                        limit_train=64, score_batch=8, budget="40K", timesteps=2)

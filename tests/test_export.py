@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from spikernel.checkpoint import RunSpec, load_model, save_model
+from spikernel.training.checkpoint import RunSpec, load_model, save_model
 from spikernel.cli import main
-from spikernel.export import (ExportError, compare_nir, export_nir, export_safetensors, load_exported, load_run,
+from spikernel.deploy.export import (ExportError, compare_nir, export_nir, export_safetensors, load_exported, load_run,
                               simulate_nir_spikingjelly, to_nir)
-from spikernel.fold import fold
-from spikernel.quantize import quantize
-from spikernel.storage import write_json
+from spikernel.deploy.fold import fold
+from spikernel.deploy.quantize import quantize
+from spikernel.files import write_json
 from test_fold import trained_like
 
 BACKWARD = [

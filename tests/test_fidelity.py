@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from spikernel.errors import ConfigError
-from spikernel.fidelity import RECIPES, SCREENED, Fidelity, shortlist, two_stage
-from spikernel.memory import footprint
-from spikernel.model import get_preset
-from spikernel.score import score_genotype
-from spikernel.search import Candidate
-from spikernel.space import Genotype, sample_many
+from spikernel.nas.fidelity import RECIPES, SCREENED, Fidelity, shortlist, two_stage
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import get_preset
+from spikernel.proxy.sahd import score_genotype
+from spikernel.nas.engine import Candidate
+from spikernel.space.genotype import Genotype, sample_many
 
 TINY = get_preset("fmnist-tiny")
 
@@ -126,8 +126,8 @@ def test_search_with_fidelity_picks_among_full_scores(tmp_path):
     assert all(r["status"] == SCREENED for r in rows if not r["score"])
     best = json.loads((out / "selection.json").read_text())["best"]
     assert best["genotype"] == second["rescored_candidates"][0]["genotype"]
-    from spikernel.data import load_dataset
-    from spikernel.search import scoring_data
+    from spikernel.data.datasets import load_dataset
+    from spikernel.nas.engine import scoring_data
 
     batches, _ = scoring_data(load_dataset("fashion-mnist-mini"), 8, 1, 0)
     assert best["score"] == pytest.approx(score_genotype(best["genotype"], TINY, batches, seed=0), rel=1e-9)

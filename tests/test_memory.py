@@ -5,10 +5,10 @@ import torch
 from spikingjelly.activation_based.model.snas_net import SNASNet
 
 from spikernel.errors import ConfigError
-from spikernel.memory import BIT_WIDTHS, Budget, footprint, min_footprint
-from spikernel.model import build_model, get_preset
-from spikernel.neuron import is_lif
-from spikernel.space import KERNEL_SETS, Genotype, KernelSet, sample_many
+from spikernel.nn.footprint import BIT_WIDTHS, Budget, footprint, min_footprint
+from spikernel.nn.model import build_model, get_preset
+from spikernel.nn.neuron import is_lif
+from spikernel.space.genotype import KERNEL_SETS, Genotype, KernelSet, sample_many
 
 
 def built_counts(net):

@@ -4,8 +4,8 @@ from torch import nn
 
 from reference import reference_snasnet
 from spikernel.errors import ConfigError, GenotypeError
-from spikernel.model import PRESETS, MacroConfig, build_model, get_preset
-from spikernel.space import Genotype
+from spikernel.nn.model import PRESETS, MacroConfig, build_model, get_preset
+from spikernel.space.genotype import Genotype
 
 SMALL = get_preset("fmnist-tiny", timesteps=3)
 

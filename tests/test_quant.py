@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from spikernel.data import Split, load_dataset
+from spikernel.data.datasets import Split, load_dataset
 from spikernel.errors import ConfigError
-from spikernel.memory import footprint
-from spikernel.model import MacroConfig, build_model
-from spikernel.quantize import deployed_size, int_range, measured_size, quantize, quantize_codes, quantize_weight
-from spikernel.space import Genotype
-from spikernel.train import TrainConfig, evaluate
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import MacroConfig, build_model
+from spikernel.deploy.quantize import deployed_size, int_range, measured_size, quantize, quantize_codes, quantize_weight
+from spikernel.space.genotype import Genotype
+from spikernel.training.loop import TrainConfig, evaluate
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -63,8 +63,8 @@ def test_quantized_network_is_folded_and_decodes_to_few_levels():
 def trained():
     """A small network trained for two passes over 2000 real Fashion-MNIST images, pooled to
     14x14: ~67% test accuracy within seconds on a CPU, enough to see what quantization costs."""
-    from spikernel.data import Dataset
-    from spikernel.train import train_epoch
+    from spikernel.data.datasets import Dataset
+    from spikernel.training.loop import train_epoch
 
     full = load_dataset("fashion-mnist-mini")
 

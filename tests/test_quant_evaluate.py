@@ -6,12 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from spikernel.checkpoint import RunSpec, save_model
+from spikernel.training.checkpoint import RunSpec, save_model
 from spikernel.cli import main
-from spikernel.memory import footprint
-from spikernel.model import MacroConfig, build_model
-from spikernel.space import Genotype
-from spikernel.storage import write_json
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import MacroConfig, build_model
+from spikernel.space.genotype import Genotype
+from spikernel.files import write_json
 
 GENOTYPE = "0001 0000 0000 0000"  # no cell convolutions: the cheapest network that reads 28x28 images
 

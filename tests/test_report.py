@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from spikernel.report import (KernelSetResult, Study, ablation_table, budget_table, correlation_table, pareto,
+from spikernel.selection.report import (KernelSetResult, Study, ablation_table, budget_table, correlation_table, pareto,
                               rank_agreement, write_report)
 
 

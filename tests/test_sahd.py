@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from spikernel import score
-from spikernel.memory import footprint
-from spikernel.model import build_model, get_preset
-from spikernel.neuron import is_lif
-from spikernel.score import EPS, int8_overlap, sahd_kernel, score_genotype, score_model, scoring_batches, spike_overlap
+from spikernel.proxy import sahd as score
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import build_model, get_preset
+from spikernel.nn.neuron import is_lif
+from spikernel.proxy.sahd import EPS, int8_overlap, sahd_kernel, score_genotype, score_model, scoring_batches, spike_overlap
 
 
 def direct_kernel(c: np.ndarray) -> np.ndarray:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional, layer
 
-from spikernel.layers import TimestepBatchNorm2d
-from spikernel.model import build_model, get_preset
-from spikernel.neuron import is_lif, lif
-from spikernel.score import (
+from spikernel.nn.layers import TimestepBatchNorm2d
+from spikernel.nn.model import build_model, get_preset
+from spikernel.nn.neuron import is_lif, lif
+from spikernel.proxy.sahd import (
     KernelAccumulator,
     avg_pool_steps,
     batch_norm_steps,
@@ -26,7 +26,7 @@ from spikernel.score import (
     window_sum_fits,
     window_sum_pool,
 )
-from spikernel.space import Genotype, sample_many
+from spikernel.space.genotype import Genotype, sample_many
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from snasnet_baseline import BaselineSNASNet, make_loader, snasnet_score  # noqa: E402
@@ -55,7 +55,7 @@ def test_kernel_matches_spec_formula():
 @pytest.mark.parametrize("steps", [1, 4])
 def test_lif_scan_fires_exactly_like_spikingjelly(steps, chunk, monkeypatch):
     if chunk:
-        monkeypatch.setattr("spikernel.score.LIF_CHUNK", chunk)
+        monkeypatch.setattr("spikernel.proxy.sahd.LIF_CHUNK", chunk)
     torch.manual_seed(0)
     x = torch.randn(2 * steps, 3, 4, 5, 5) * 1.5
     neuron = lif()
@@ -98,8 +98,8 @@ POOLS = [layer.AvgPool2d(3, 1, 1, step_mode="m"), layer.AvgPool2d(2, 2, step_mod
 @pytest.mark.parametrize("pool", POOLS, ids=["3x3", "2x2", "7x7"])
 def test_pooling_schedules_give_pytorchs_values(pool, window_sums, monkeypatch):
     if window_sums:  # what larger tensors get
-        monkeypatch.setattr("spikernel.score.WINDOW_SUM_MIN_BYTES", 0)
-        monkeypatch.setattr("spikernel.score.WINDOW_CHUNK_BYTES", 3000)  # several chunks, a partial last one
+        monkeypatch.setattr("spikernel.proxy.sahd.WINDOW_SUM_MIN_BYTES", 0)
+        monkeypatch.setattr("spikernel.proxy.sahd.WINDOW_CHUNK_BYTES", 3000)  # several chunks, a partial last one
     torch.manual_seed(0)
     x = (torch.rand(3, 4, 8, 14, 14) > 0.7).float() * torch.randn(3, 4, 8, 14, 14)
     got = avg_pool_steps(pool, x)
@@ -109,7 +109,7 @@ def test_pooling_schedules_give_pytorchs_values(pool, window_sums, monkeypatch):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_pooled_convolution_by_halves_is_the_three_modules(bias, monkeypatch):
-    monkeypatch.setattr("spikernel.score.SPLIT_MIN_BYTES", 0)  # what the reduction gets at CIFAR widths
+    monkeypatch.setattr("spikernel.proxy.sahd.SPLIT_MIN_BYTES", 0)  # what the reduction gets at CIFAR widths
     torch.manual_seed(0)
     conv = layer.Conv2d(16, 32, 3, padding=1, bias=bias, step_mode="m")
     bn = TimestepBatchNorm2d(32)
@@ -124,7 +124,7 @@ def test_pooled_convolution_by_halves_is_the_three_modules(bias, monkeypatch):
 
 
 def test_fast_score_with_the_reduction_by_halves_equals_plain_score(monkeypatch):
-    monkeypatch.setattr("spikernel.score.SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr("spikernel.proxy.sahd.SPLIT_MIN_BYTES", 0)
     macro = get_preset("fmnist-small")  # reduction 16 -> 32 channels: halves of 16
     torch.manual_seed(1)
     batches = [torch.randn(8, 1, 28, 28)]
@@ -244,10 +244,10 @@ def test_an_earlier_malloc_choice_is_left_alone(monkeypatch):
 
 
 def test_fast_scoring_lets_membranes_go_and_hands_free_memory_back(monkeypatch):
-    import spikernel.score
+    import spikernel.proxy.sahd
 
     released = []
-    monkeypatch.setattr(spikernel.score, "release_freed_memory", lambda: released.append(True))
+    monkeypatch.setattr(spikernel.proxy.sahd, "release_freed_memory", lambda: released.append(True))
     torch.manual_seed(0)
     net = build_model("0302 0030 3003 0000", TINY)
     score_model(net, [torch.randn(8, 1, 28, 28)])

@@ -11,15 +11,15 @@ import torch
 from click.testing import CliRunner
 
 from spikernel.cli import main
-from spikernel.data import load_dataset
+from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError
-from spikernel.memory import Budget, footprint, min_footprint
-from spikernel.model import get_preset
-from spikernel.search import (
+from spikernel.nn.footprint import Budget, footprint, min_footprint
+from spikernel.nn.model import get_preset
+from spikernel.nas.engine import (
     DUPLICATE, OVER_BUDGET, SCORED, Search, SearchSpec, SnasnetSampler, best, compare_prefix, genotype_params,
     make_scorer, open_storage, open_study, params_genotype, pareto_front, random_search, scoring_data, search_space,
 )
-from spikernel.space import INPUT, NODES, OUTPUT, PAIRS, Genotype, KernelSet, sample_many
+from spikernel.space.genotype import INPUT, NODES, OUTPUT, PAIRS, Genotype, KernelSet, sample_many
 
 TINY = ["-p", "fmnist-tiny", "--batch", "8", "--repeats", "1"]
 

@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikernel.search import RECORD_ATTR, SLOT_ATTR, SUPERSEDED
-from spikernel.space import sample_many
+from spikernel.nas.engine import RECORD_ATTR, SLOT_ATTR, SUPERSEDED
+from spikernel.space.genotype import sample_many
 
 PG_SERVER = Path(__file__).parent / "pg_server.sh"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two cores, shared: one thread per worker

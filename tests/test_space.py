@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from spikernel.errors import GenotypeError, KernelSetError
-from spikernel.space import (
+from spikernel.space.genotype import (
     KERNEL_SETS, PAIRS, Genotype, KernelSet, conv_code, kernel_of, op_name, sample, sample_many,
 )
 

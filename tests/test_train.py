@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from spikernel.checkpoint import CHECKPOINT_FILE, read_checkpoint
-from spikernel.data import Dataset, Split, load_dataset
-from spikernel.distributed import World
-from spikernel.fused import FusedLIFNode, fused_neurons
-from spikernel.model import build_model, get_preset
-from spikernel.neuron import is_lif, lif
-from spikernel.train import NonFiniteLoss, TrainConfig, batch_indices, evaluate, fit, steps_per_epoch
+from spikernel.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from spikernel.data.datasets import Dataset, Split, load_dataset
+from spikernel.training.distributed import World
+from spikernel.nn.fused import FusedLIFNode, fused_neurons
+from spikernel.nn.model import build_model, get_preset
+from spikernel.nn.neuron import is_lif, lif
+from spikernel.training.loop import NonFiniteLoss, TrainConfig, batch_indices, evaluate, fit, steps_per_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikernel.data import IDX_FILES, read_idx
+from spikernel.data.datasets import IDX_FILES, read_idx
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "spikernel" / "datasets" / "fashion-mnist-mini"
 

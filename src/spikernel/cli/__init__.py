@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..errors import SpikernelError
+from spikernel.errors import SpikernelError
 
 
 class Group(click.Group):

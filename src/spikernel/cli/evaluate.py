@@ -9,14 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..checkpoint import load_model
-from ..data import DATASETS, load_dataset
-from ..distributed import resolve_device
-from ..errors import ConfigError
-from ..model import MacroConfig
-from ..train import evaluate as evaluate_model
-from ..energy import EnergyModel, OpCounter
-from ..quantize import footprint_at, quantize
+from spikernel.training.checkpoint import load_model
+from spikernel.data.datasets import DATASETS, load_dataset
+from spikernel.training.distributed import resolve_device
+from spikernel.errors import ConfigError
+from spikernel.nn.model import MacroConfig
+from spikernel.training.loop import evaluate as evaluate_model
+from spikernel.selection.energy import EnergyModel, OpCounter
+from spikernel.deploy.quantize import footprint_at, quantize
 from . import main
 from .options import BITS
 

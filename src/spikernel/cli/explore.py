@@ -8,9 +8,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..data import DEFAULT_DATASET
-from ..explore import ExploreSettings, explore, load_study
-from ..report import write_report
+from spikernel.data.datasets import DEFAULT_DATASET
+from spikernel.selection.explore import ExploreSettings, explore, load_study
+from spikernel.selection.report import write_report
 from . import main
 from .options import BITS, CELL, PRESET
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..data import load_dataset
-from ..errors import SpikernelError
-from ..export import ExportError, export_nir, export_safetensors, load_run
+from spikernel.data.datasets import load_dataset
+from spikernel.errors import SpikernelError
+from spikernel.deploy.export import ExportError, export_nir, export_safetensors, load_run
 from . import main
 from .options import BITS
 

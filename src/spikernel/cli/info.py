@@ -8,10 +8,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import GenotypeError
-from ..memory import BIT_WIDTHS, footprint
-from ..model import get_preset
-from ..space import op_name
+from spikernel.errors import GenotypeError
+from spikernel.nn.footprint import BIT_WIDTHS, footprint
+from spikernel.nn.model import get_preset
+from spikernel.space.genotype import op_name
 from . import main
 from .options import CELL, GENOTYPE, PRESET
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..errors import SpikernelError
-from ..memory import BIT_WIDTHS
-from ..model import PRESETS
-from ..space import CELL_TYPES, Genotype, KernelSet
+from spikernel.errors import SpikernelError
+from spikernel.nn.footprint import BIT_WIDTHS
+from spikernel.nn.model import PRESETS
+from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
 
 
 class _Parsed(click.ParamType):

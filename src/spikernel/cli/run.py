@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..pipeline import RUN_DEFAULTS, run_job
+from spikernel.selection.pipeline import RUN_DEFAULTS, run_job
 from . import main
 from .explore import explore_options, settings_from
 

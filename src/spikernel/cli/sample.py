@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..space import sample_many
+from spikernel.space.genotype import sample_many
 from . import main
 from .options import CELL, KERNELS
 

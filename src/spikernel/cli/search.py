@@ -9,14 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..data import DEFAULT_DATASET, load_dataset
-from ..distributed import device_label, resolve_device
-from ..errors import ConfigError
-from ..fidelity import Fidelity, two_stage
-from ..memory import Budget
-from ..model import get_preset
-from ..pipeline import progress_bar
-from ..search import (SAMPLERS, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
+from spikernel.data.datasets import DEFAULT_DATASET, load_dataset
+from spikernel.training.distributed import device_label, resolve_device
+from spikernel.errors import ConfigError
+from spikernel.nas.fidelity import Fidelity, two_stage
+from spikernel.nn.footprint import Budget
+from spikernel.nn.model import get_preset
+from spikernel.selection.pipeline import progress_bar
+from spikernel.nas.engine import (SAMPLERS, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
                       open_storage, open_study, redact, scoring_data, time_report, write_outputs)
 from . import main
 from .options import BITS, CELL, KERNELS, PRESET

@@ -16,17 +16,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .. import __version__, distributed
-from ..checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
-from ..data import DATASETS, load_dataset
-from ..energy import measure_dataset
-from ..errors import ConfigError, GenotypeError
-from ..memory import footprint
-from ..model import MacroConfig, get_preset
-from ..pipeline import progress_bar
-from ..space import Genotype
-from ..storage import read_json, write_json
-from ..train import TrainConfig, fit
+from spikernel import __version__
+from spikernel.training import distributed
+from spikernel.training.checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
+from spikernel.data.datasets import DATASETS, load_dataset
+from spikernel.selection.energy import measure_dataset
+from spikernel.errors import ConfigError, GenotypeError
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import MacroConfig, get_preset
+from spikernel.selection.pipeline import progress_bar
+from spikernel.space.genotype import Genotype
+from spikernel.files import read_json, write_json
+from spikernel.training.loop import TrainConfig, fit
 from . import main
 from .options import GENOTYPE, PRESET
 

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import GenotypeError, KernelSetError
+from spikernel.errors import GenotypeError, KernelSetError
 
 NODES = 4
 INPUT, OUTPUT = 0, NODES - 1

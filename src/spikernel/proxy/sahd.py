@@ -29,10 +29,10 @@ from torch import nn
 
 from spikingjelly.activation_based import functional
 
-from .heap import SCORING_KEPT_MIB, keep_freed_memory_by_default, release_freed_memory
-from .model import SNN, Cell, build_model
-from .neuron import is_lif
-from .space import NODES
+from spikernel.heap import SCORING_KEPT_MIB, keep_freed_memory_by_default, release_freed_memory
+from spikernel.nn.model import SNN, Cell, build_model
+from spikernel.nn.neuron import is_lif
+from spikernel.space.genotype import NODES
 
 EPS = 1e-3
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import ConfigError
-from .model import MacroConfig
-from .space import Genotype, kernel_of
+from spikernel.errors import ConfigError
+from spikernel.nn.model import MacroConfig
+from spikernel.space.genotype import Genotype, kernel_of
 
 BIT_WIDTHS = (32, 16, 8, 4)
 

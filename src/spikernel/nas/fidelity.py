@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .model import MacroConfig
-from .space import Genotype
+from spikernel.errors import ConfigError
+from spikernel.nn.model import MacroConfig
+from spikernel.space.genotype import Genotype
 
 SCREENED = "screened_out"  # scored cheaply only; its cheap score did not make the cut
 

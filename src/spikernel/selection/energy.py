@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .neuron import is_lif
+from spikernel.errors import ConfigError
+from spikernel.nn.neuron import is_lif
 
 E_AC_PJ = 0.9  # pJ per 32-bit float accumulate, 45 nm
 E_MAC_PJ = 4.6  # pJ per 32-bit float multiply-accumulate, 45 nm

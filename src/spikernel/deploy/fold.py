@@ -21,7 +21,7 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from .model import SNN
+from spikernel.nn.model import SNN
 
 
 class ChannelAffine(nn.Module):

@@ -13,10 +13,10 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from .errors import ConfigError, GenotypeError
-from .layers import TimestepBatchNorm2d
-from .neuron import TAU, THRESHOLD, is_lif, lif
-from .space import AVGPOOL, INPUT, NODES, OUTPUT, SKIP, Genotype, kernel_of
+from spikernel.errors import ConfigError, GenotypeError
+from spikernel.nn.layers import TimestepBatchNorm2d
+from spikernel.nn.neuron import TAU, THRESHOLD, is_lif, lif
+from spikernel.space.genotype import AVGPOOL, INPUT, NODES, OUTPUT, SKIP, Genotype, kernel_of
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from .errors import SpikernelError
-from .fold import ChannelAffine, fold, is_folded
-from .model import SNN, MacroConfig, build_model
-from .neuron import is_lif
-from .space import INPUT, NODES, OUTPUT, SKIP, Genotype
-from .storage import _atomic, read_json, write_json
+from spikernel.errors import SpikernelError
+from spikernel.deploy.fold import ChannelAffine, fold, is_folded
+from spikernel.nn.model import SNN, MacroConfig, build_model
+from spikernel.nn.neuron import is_lif
+from spikernel.space.genotype import INPUT, NODES, OUTPUT, SKIP, Genotype
+from spikernel.files import _atomic, read_json, write_json
 
 NIR_DT = 1e-4  # seconds per step: the NIR convention spikingjelly and most simulators use
 
@@ -370,8 +370,8 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
     """
     from safetensors.torch import save_file
 
-    from .memory import check_bits
-    from .quantize import measured_size, quantize, quantize_codes
+    from spikernel.nn.footprint import check_bits
+    from spikernel.deploy.quantize import measured_size, quantize, quantize_codes
 
     check_bits(bits)
     path = Path(path)
@@ -399,7 +399,7 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
         architecture["deployed"] = measured_size(model, bits).to_dict()
     metadata = {"architecture": json.dumps(architecture)}
     if bits == 32 and dataset:
-        from .checkpoint import FORMAT
+        from spikernel.training.checkpoint import FORMAT
 
         metadata.update(format=FORMAT, genotype=str(model.genotype), macro=json.dumps(model.macro.to_dict()),
                         dataset=dataset)
@@ -446,7 +446,7 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
     ``run`` is a ``spikernel train`` folder (final weights, else its last finished epoch), a
     ``spikernel run`` folder (the network its selection chose) or a weights file.
     """
-    from .checkpoint import RUN_FILE, load_model
+    from spikernel.training.checkpoint import RUN_FILE, load_model
 
     run = Path(run)
     if not run.exists():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
+from spikernel.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .errors import SpikernelError
-from .model import SNN, MacroConfig, build_model
-from .space import Genotype
-from .storage import _atomic, read_json, write_json
+from spikernel import __version__
+from spikernel.errors import SpikernelError
+from spikernel.nn.model import SNN, MacroConfig, build_model
+from spikernel.space.genotype import Genotype
+from spikernel.files import _atomic, read_json, write_json
 
 RUN_FILE, CHECKPOINT_FILE, METRICS_FILE = "run.json", "checkpoint.json", "metrics.csv"
 WEIGHTS_FILE, RESULT_FILE, CHECKPOINT_DIR = "model.safetensors", "result.json", "checkpoints"

@@ -47,13 +47,13 @@ from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateF
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from . import __version__
-from .errors import ConfigError, SpikernelError
-from .memory import Budget, Footprint, footprint, min_footprint
-from .model import MacroConfig
-from .score import score_genotype, scoring_batches
-from .space import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
-from .storage import _atomic, write_json
+from spikernel import __version__
+from spikernel.errors import ConfigError, SpikernelError
+from spikernel.nn.footprint import Budget, Footprint, footprint, min_footprint
+from spikernel.nn.model import MacroConfig
+from spikernel.proxy.sahd import score_genotype, scoring_batches
+from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
+from spikernel.files import _atomic, write_json
 
 SCORED, OVER_BUDGET, DUPLICATE, SUPERSEDED = "scored", "over_budget", "duplicate", "superseded"
 SAMPLERS = ("random", "tpe", "nsga2")

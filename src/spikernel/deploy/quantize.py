@@ -19,9 +19,9 @@ from spikingjelly.activation_based import functional
 from torch import nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-from .fold import ChannelAffine, fold, is_folded
-from .memory import BIT_WIDTHS, Footprint, check_bits
-from .model import MacroConfig
+from spikernel.deploy.fold import ChannelAffine, fold, is_folded
+from spikernel.nn.footprint import BIT_WIDTHS, Footprint, check_bits
+from spikernel.nn.model import MacroConfig
 
 SCALE_BITS = 32
 
@@ -152,8 +152,8 @@ def sizes(fp: Footprint, macro: MacroConfig) -> dict[str, dict]:
 
 def footprint_at(genotype, macro: MacroConfig, bits: int) -> dict:
     """The footprint figures ``spikernel evaluate --bits`` reports for a network at ``bits``."""
-    from .memory import footprint
-    from .space import Genotype
+    from spikernel.nn.footprint import footprint
+    from spikernel.space.genotype import Genotype
 
     fp = footprint(Genotype.parse(str(genotype)), macro)
     return {"bits": bits, "params": fp.params, "budget_bytes": fp.bytes(bits),

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, SpikernelError
-from .memory import Budget
-from .report import KernelSetResult, Study
-from .space import KernelSet
-from .storage import read_json, write_json
+from spikernel.errors import ConfigError, SpikernelError
+from spikernel.nn.footprint import Budget
+from spikernel.selection.report import KernelSetResult, Study
+from spikernel.space.genotype import KernelSet
+from spikernel.files import read_json, write_json
 
 SETTINGS_FILE = "explore.json"
 
@@ -134,9 +134,9 @@ def train_args(settings: ExploreSettings, genotype: str, out: Path, data_dir: st
 
 def preflight(settings: ExploreSettings, data_dir: str | None) -> None:
     """Fail before the folder exists: unreadable dataset, or a budget no cell of the preset meets."""
-    from .data import load_dataset
-    from .model import get_preset
-    from .search import check_budget_reachable
+    from spikernel.data.datasets import load_dataset
+    from spikernel.nn.model import get_preset
+    from spikernel.nas.engine import check_budget_reachable
 
     data = load_dataset(settings.dataset, data_dir)
     macro = get_preset(settings.preset, timesteps=settings.timesteps, in_channels=data.in_channels,
@@ -148,7 +148,7 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
             run_command: Callable[[str, list[str]], None] | None = None,
             on_stage: Callable[[str], None] | None = None) -> Study:
     """Search every kernel set, then train each one's top-K under the budget; resumable."""
-    from .cli import search as search_cli, train as train_cli  # the commands are the engine
+    from spikernel.cli import search as search_cli, train as train_cli  # the commands are the engine
 
     commands = {"search": search_cli.search, "train": train_cli.train}
     run_command = run_command or (lambda name, args: commands[name].main(args, standalone_mode=False))

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint, write_metrics_csv
-from .data import Dataset, Split
-from .distributed import SINGLE, World, wrap
-from .errors import ConfigError, SpikernelError
-from .fused import fused_neurons
-from .neuron import is_lif
-from .heap import keep_freed_memory_by_default
+from spikernel.training.checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint, write_metrics_csv
+from spikernel.data.datasets import Dataset, Split
+from spikernel.training.distributed import SINGLE, World, wrap
+from spikernel.errors import ConfigError, SpikernelError
+from spikernel.nn.fused import fused_neurons
+from spikernel.nn.neuron import is_lif
+from spikernel.heap import keep_freed_memory_by_default
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import ConfigError
-from .explore import ExploreSettings, explore, select, slug
-from .report import write_report
-from .storage import read_json, write_json
+from spikernel.errors import ConfigError
+from spikernel.selection.explore import ExploreSettings, explore, select, slug
+from spikernel.selection.report import write_report
+from spikernel.files import read_json, write_json
 
 # Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (8 min 16 s measured, idle).
 RUN_DEFAULTS = ExploreSettings(
