@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikernel.selection.energy import EnergyModel, measure, synapses
+from spikernel.nn.energy import EnergyModel, measure, synapses
 from spikernel.errors import ConfigError
 from spikernel.deploy.fold import fold
 from spikernel.nn.model import MacroConfig, build_model

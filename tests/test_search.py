@@ -273,7 +273,7 @@ def test_study_clash_leaves_the_study_untouched(tmp_path):
     (["--storage", "nosuchdb://x"], "cannot open storage nosuchdb://x"),
     (["--storage", "postgresql://me:secret@127.0.0.1:1/x"], "cannot open storage postgresql://me:***@127.0.0.1:1/x"),
     (["--sampler", "grid"], "'grid' is not one of"),
-    (["-n", "4", "--compare-at", "4"], "must be below --candidates"),
+    (["-n", "4", "--compare-at", "4"], "must be below the"),
     (["--batch", "20000"], "larger than the dataset"),
     (["--device", "tpu0"], "unknown device 'tpu0'"),
     pytest.param(["--device", "cuda"], "no CUDA GPU is available",

@@ -1,8 +1,25 @@
-"""spikernel: kernel-size exploration and training-free search for small, accurate SNNs."""
+"""spikernel: kernel-size exploration and training-free search for small, accurate SNNs.
 
-import logging as _logging
-
-# torch warns once per process that Triton is absent; on a CPU that is expected, not news.
-_logging.getLogger("torch._library.triton").setLevel(_logging.ERROR)
+``import spikernel as sk`` is cheap: the API's names (``sk.search``, ``sk.train``, ... listed in
+``spikernel.api``) load PyTorch and the rest on first use.
+"""
 
 __version__ = "0.1.0"
+
+_API = ("load_dataset", "preset", "MacroConfig", "Genotype", "kernel_set", "sample", "footprint", "score", "search",
+        "build", "train", "evaluate", "explore", "select", "quantize", "energy", "export", "load", "Scored",
+        "Evaluation", "SearchResult", "TrainResult", "TrainConfig", "Dataset")
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from spikernel import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'spikernel' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -15,9 +15,9 @@ from spikernel.training.distributed import resolve_device
 from spikernel.errors import ConfigError
 from spikernel.nn.model import MacroConfig
 from spikernel.training.loop import evaluate as evaluate_model
-from spikernel.selection.energy import EnergyModel, OpCounter
+from spikernel.nn.energy import EnergyModel, OpCounter
 from spikernel.deploy.quantize import footprint_at, quantize
-from . import main
+from .group import main
 from .options import BITS
 
 

@@ -11,7 +11,8 @@ from rich.table import Table
 from spikernel.data.datasets import DEFAULT_DATASET
 from spikernel.selection.explore import ExploreSettings, explore, load_study
 from spikernel.selection.report import write_report
-from . import main
+from .group import main
+from .render import rendered_events
 from .options import BITS, CELL, PRESET
 
 _D = ExploreSettings()
@@ -81,8 +82,8 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
 def explore_command(out, **options):
     """Per kernel set: search, train the top-K under the budget, evaluate; one resumable study folder."""
     settings, data_dir = settings_from(options)
-    console = Console(stderr=True)
-    explore(settings, out, data_dir, on_stage=lambda stage: console.rule(stage))
+    with rendered_events() as on_event:
+        explore(settings, out, data_dir, on_event)
     report_command.main([str(out)], standalone_mode=False)
 
 

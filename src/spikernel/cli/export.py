@@ -10,7 +10,7 @@ from rich.console import Console
 from spikernel.data.datasets import load_dataset
 from spikernel.errors import SpikernelError
 from spikernel.deploy.export import ExportError, export_nir, export_safetensors, load_run
-from . import main
+from .group import main
 from .options import BITS
 
 FORMATS = ("nir", "safetensors")

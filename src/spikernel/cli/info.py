@@ -12,7 +12,7 @@ from spikernel.errors import GenotypeError
 from spikernel.nn.footprint import BIT_WIDTHS, footprint
 from spikernel.nn.model import get_preset
 from spikernel.space.genotype import op_name
-from . import main
+from .group import main
 from .options import CELL, GENOTYPE, PRESET
 
 

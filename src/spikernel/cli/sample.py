@@ -7,7 +7,7 @@ import json
 import click
 
 from spikernel.space.genotype import sample_many
-from . import main
+from .group import main
 from .options import CELL, KERNELS
 
 

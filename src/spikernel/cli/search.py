@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from spikernel.data.datasets import DEFAULT_DATASET, load_dataset
-from spikernel.training.distributed import device_label, resolve_device
-from spikernel.errors import ConfigError
-from spikernel.nas.fidelity import Fidelity, two_stage
-from spikernel.nn.footprint import Budget
-from spikernel.nn.model import get_preset
-from spikernel.selection.pipeline import progress_bar
-from spikernel.nas.engine import (SAMPLERS, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
-                      open_storage, open_study, redact, scoring_data, time_report, write_outputs)
-from . import main
+from spikernel.nas.engine import SAMPLERS
+from spikernel.nas.run import search as run_search
+from spikernel.nn.model import default_preset, get_preset
+from .group import main
 from .options import BITS, CELL, KERNELS, PRESET
+from .render import rendered_events, stdout
 
 
 @main.command()
@@ -35,7 +29,7 @@ from .options import BITS, CELL, KERNELS, PRESET
 @click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per scoring batch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Scoring batches (averaged).")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the preset's timesteps T.")
-@click.option("--preset", "-p", type=PRESET, default="fmnist-small", show_default=True, help="Macro-architecture preset.")
+@click.option("--preset", "-p", type=PRESET, help="Macro-architecture preset [the dataset's: fmnist-small for fashion-mnist-mini, fmnist for fashion-mnist, ...].")
 @click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the cell stream, scoring batches and weights.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
@@ -55,70 +49,14 @@ from .options import BITS, CELL, KERNELS, PRESET
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
            seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
-    started = time.perf_counter()
-    bits = int(bits)
-    budget = Budget.parse(budget, bits) if budget and budget.lower() != "none" else None
-    if compare_at is not None and compare_at >= candidates:
-        raise ConfigError(f"--compare-at {compare_at} must be below --candidates {candidates}")
-    fidelity = Fidelity.parse(fidelity) if fidelity else None
     data = load_dataset(dataset, data_dir)
-    macro = get_preset(preset, width=width, timesteps=timesteps, in_channels=data.in_channels,
-                       image_size=data.image_size, num_classes=data.num_classes)
-    check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
-    device = resolve_device(device)
-    batches, scoring = scoring_data(data, batch, repeats, seed)
-    batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
-    if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
-        scoring = {**scoring, "fidelity": fidelity.cheap}
-    if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
-        scoring = {**scoring, "device": device.type}
-    spec = SearchSpec(kernels, cell, candidates, macro, budget, seed, sampler, scoring)
-
-    in_folder = storage is None  # saved as a relative name: search.json must not hold this machine's paths
-    if in_folder:
-        out.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{out.resolve() / 'study.db'}"
-    store = open_storage(storage, heartbeat)
-    study = open_study(spec, store, study_name)
-
-    console = Console(stderr=True)
-    cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
-    engine = Search(study, store, spec, make_scorer(*cheap, seed))
-    first = engine.view()
-    top_score = [max(first.scores().values(), default=None)]
-    with progress_bar(console) as progress:
-        task = progress.add_task("search", total=candidates, completed=len(first.done()), info="")
-
-        def on_candidate(c):
-            if c.score is not None and (top_score[0] is None or c.score > top_score[0]):
-                top_score[0] = c.score
-            rate = engine.ran / (time.perf_counter() - started)
-            best = f" · best {top_score[0]:.3f}" if top_score[0] is not None else ""
-            progress.update(task, completed=len(engine.slots.done()) + 1, info=f"{rate:.2f} cand/s{best}")
-
-        engine.on_candidate = on_candidate
-        found = engine.run()
-        progress.update(task, completed=len(found))
-    if fidelity:
-        with progress_bar(console) as progress:
-            task = progress.add_task("full re-score", total=None, info=str(fidelity))
-            found, second = two_stage(found, fidelity, make_scorer(macro, batches, seed),
-                                      on_done=lambda _: progress.advance(task))
-
-    wall = time.perf_counter() - started
-    trials = study.get_trials(deepcopy=False)
-    about = {
-        "study": {"name": study_name, "storage": "sqlite:///study.db" if in_folder else redact(storage),
-                  "failed_attempts": engine.slots.failed, "superseded": engine.slots.superseded},
-        "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
-                     "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker,
-                     "device": device_label(device)},
-        "time": time_report(trials, found),
-        "compare": compare_prefix(found, compare_at, spec.bits, trials) if compare_at else None,
-        "fidelity": second if fidelity else None,
-    }
-    result = write_outputs(out, spec, found, about, top)
-    Console().print(summary_table(result, out))
+    macro = get_preset(preset or default_preset(data.name), width=width, timesteps=timesteps)
+    with rendered_events() as on_event:
+        result = run_search(kernels, macro, data, candidates=candidates, budget=budget, bits=int(bits), cell=cell,
+                            batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,
+                            study=study_name, heartbeat=heartbeat, top=top, compare_at=compare_at,
+                            fidelity=fidelity, device=device, on_event=on_event)
+    stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 
 def summary_table(result: dict, out: Path) -> Table:

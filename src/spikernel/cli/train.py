@@ -5,61 +5,21 @@
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import click
-import torch
-from rich.console import Console
 from rich.table import Table
 
-from spikernel import __version__
-from spikernel.training import distributed
-from spikernel.training.checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
 from spikernel.data.datasets import DATASETS, load_dataset
-from spikernel.selection.energy import measure_dataset
-from spikernel.errors import ConfigError, GenotypeError
-from spikernel.nn.footprint import footprint
-from spikernel.nn.model import MacroConfig, get_preset
-from spikernel.selection.pipeline import progress_bar
-from spikernel.space.genotype import Genotype
-from spikernel.files import read_json, write_json
-from spikernel.training.loop import TrainConfig, fit
-from . import main
+from spikernel.nn.model import MacroConfig, default_preset, get_preset
+from spikernel.training.loop import TrainConfig
+from spikernel.training.run import read_search, train as run_train
+from .group import main
 from .options import GENOTYPE, PRESET
-
-ENERGY_IMAGES = 1000  # test images the result's spike, SOP and energy figures are counted on
-
-# The macro preset a dataset trains with unless --preset (or the search folder) says otherwise.
-DATASET_PRESETS = {"fashion-mnist": "fmnist", "fashion-mnist-mini": "fmnist-small", "cifar10": "snasnet-cifar10",
-                   "cifar100": "snasnet-cifar100", "tiny-imagenet": "snasnet-tinyimagenet"}
-
-
-def read_search(folder: Path) -> tuple[Genotype, dict | None, str | None]:
-    """The best cell of a ``spikernel search`` folder (selection.json), a ``spikernel run`` folder (its
-    pick) or a trained run (result.json), with the macro settings and dataset it came with."""
-    folder = Path(folder)
-    try:
-        if (folder / "selection.json").exists() and "run" in read_json(folder / "selection.json"):
-            folder = folder / read_json(folder / "selection.json")["run"]  # a `spikernel run` folder's pick
-        if (folder / "selection.json").exists():
-            best = read_json(folder / "selection.json")["best"]
-            if best is None:
-                raise ConfigError(f"{folder}: the search selected nothing (every cell was over its budget)")
-            settings = read_json(folder / "search.json")["settings"] if (folder / "search.json").exists() else {}
-            dataset = settings.get("scoring", {}).get("dataset")
-            return Genotype.parse(best["genotype"]), settings.get("macro"), dataset
-        if (folder / "result.json").exists():
-            result = read_json(folder / "result.json")  # a trained run: retrain its cell
-            return Genotype.parse(result["genotype"]), result.get("macro"), result["dataset"]["name"]
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, GenotypeError):
-            raise
-        raise ConfigError(f"{folder}: unreadable search results ({exc})") from None
-    raise ConfigError(f"{folder} holds no search results (selection.json or result.json)")
+from .render import rendered_events, stdout
 
 
 def resolve_macro(dataset, searched: dict | None, preset: str | None, width, timesteps) -> MacroConfig:
@@ -67,10 +27,9 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
     if preset is None and searched is not None:
         macro = MacroConfig.from_dict(searched)
     else:
-        macro = get_preset(preset or DATASET_PRESETS.get(dataset.name, "fmnist"))
+        macro = get_preset(preset or default_preset(dataset.name))
     overrides = {"width": width, "timesteps": timesteps}
-    return replace(macro, in_channels=dataset.in_channels, image_size=dataset.image_size,
-                   num_classes=dataset.num_classes, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(macro, **{k: v for k, v in overrides.items() if v is not None}).for_data(dataset)
 
 
 @main.command()
@@ -105,90 +64,20 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, batch_size
     searched_macro = searched_dataset = None
     if from_search is not None:
         genotype, searched_macro, searched_dataset = read_search(from_search)
-    world, device = distributed.init(device)
-    try:
-        data = load_dataset(dataset or searched_dataset or "fashion-mnist-mini", data_dir, download)
-        macro = resolve_macro(data, searched_macro, preset, width, timesteps)
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_train=limit_train,
-                             augment=not no_augment, amp=amp, compile=compile_)
-        if batch_size < world.size:
-            raise ConfigError(f"--batch {batch_size} is smaller than the {world.size} processes")
-        spec = RunSpec(str(genotype.pruned()), macro.to_dict(), data.name, config.identity())
-        status = _open(out, spec, resume, world)
-        console = Console(stderr=True, quiet=not world.is_main)
-        if status == "finished":
-            click.echo(f"{out} is already finished; its result is in {out / RESULT_FILE}", err=True)
-            if world.is_main:
-                Console().print(result_table(read_json(out / RESULT_FILE)))
-            return
-        torch.manual_seed(seed)
-        model = spec.build()
-        started = time.perf_counter()
-        history = _train(model, data, config, device, out, world, console)
-        if world.is_main:
-            result = _result(spec, model, history, data, world, device, time.perf_counter() - started)
-            save_model(out / WEIGHTS_FILE, model, spec)
-            write_json(out / RESULT_FILE, result)  # last: its presence marks a finished run
-            Console().print(result_table(result))
-            click.echo(f"run folder: {out}", err=True)
-    finally:
-        distributed.shutdown(world)
+    data = load_dataset(dataset or searched_dataset or "fashion-mnist-mini", data_dir, download)
+    macro = resolve_macro(data, searched_macro, preset, width, timesteps)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_train=limit_train,
+                         augment=not no_augment, amp=amp, compile=compile_)
+    with rendered_events() as on_event:
+        trained = run_train(genotype, data, out=out, macro=macro, config=config, device=device, resume=resume,
+                            command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event)
+    if _is_main():
+        stdout().print(result_table(trained.result))
+        click.echo(f"run folder: {out}", err=True)
 
 
-def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:
-    """Rank 0 creates or checks the folder first; the others then check against what it wrote."""
-    status = open_run(out, spec, resume) if world.is_main else None
-    world.barrier()
-    return status if world.is_main else open_run(out, spec, resume=False)
-
-
-def _train(model, data, config, device, out, world, console) -> list[dict]:
-    done = read_json(out / CHECKPOINT_FILE)["epoch"] if (out / CHECKPOINT_FILE).exists() else 0
-    if done and world.is_main:
-        click.echo(f"resuming {out} after epoch {done}", err=True)
-    images = min(config.limit_train or len(data.train), len(data.train))
-    with progress_bar(console) as progress:
-        task = progress.add_task("train", total=config.epochs * images, completed=done * images, info="")
-        clock = {"t": time.perf_counter(), "n": 0, "last": ""}
-
-        def on_batch(n, loss):
-            clock["n"] += n
-            rate = clock["n"] / max(time.perf_counter() - clock["t"], 1e-9)
-            progress.update(task, advance=n, info=f"loss {loss:.3f} · {rate:,.0f} img/s{clock['last']}")
-
-        def on_epoch(row):
-            clock.update(t=time.perf_counter(), n=0, last=f" · test {row['test_acc']:.2%}")
-            progress.update(task, completed=row["epoch"] * images)
-
-        return fit(model, data, config, device, on_batch=on_batch, on_epoch=on_epoch, run_dir=out, world=world,
-                   tensorboard=True)
-
-
-def _result(spec: RunSpec, model, history, data, world, device, seconds: float) -> dict:
-    fp = footprint(Genotype.parse(spec.genotype), MacroConfig.from_dict(spec.macro))
-    last = history[-1]
-    return {
-        "spikernel": __version__,
-        "command": " ".join(["spikernel", *sys.argv[1:]]),
-        "genotype": spec.genotype,
-        "macro": spec.macro,
-        "dataset": {"name": data.name, "train": len(data.train), "test": len(data.test), "source": data.source},
-        "train": spec.train,
-        "params": fp.params,
-        "footprint": fp.to_dict(),
-        "test": {k: v for k, v in last.items() if k.startswith("test_")},
-        "spike_rate": last.get("spike_rate"),
-        "energy": measure_dataset(model, data, limit=ENERGY_IMAGES, device=device).to_dict(),
-        "best_test_acc": max(row["test_acc"] for row in history),
-        "epochs": len(history),
-        "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
-        "seconds_this_session": seconds,
-        "seconds_all_epochs": sum(r["seconds"] for r in history),
-        "history": history,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                    "device": distributed.device_label(device), "processes": world.size,
-                    "threads": torch.get_num_threads()},
-    }
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def energy_rows(energy: dict | None) -> list[tuple[str, str]]:

@@ -738,13 +738,18 @@ def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int)
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
+def outputs(spec: SearchSpec, candidates: Sequence[Candidate], about: dict, top: int = 10) -> dict:
+    """What ``selection.json`` and ``search.json`` hold."""
+    report = {"spikernel": __version__, "settings": spec.identity(), "counts": counts(candidates), **about,
+              "versions": versions()}
+    return {"selection": selection(candidates, spec, top), "search": report}
+
+
 def write_outputs(out: Path, spec: SearchSpec, candidates: Sequence[Candidate], about: dict, top: int = 10) -> dict:
     """``candidates.csv``, ``selection.json`` and, last (it marks a finished search), ``search.json``."""
     out = Path(out)
+    result = outputs(spec, candidates, about, top)
     write_candidates_csv(out / "candidates.csv", candidates, spec.bits)
-    chosen = selection(candidates, spec, top)
-    write_json(out / "selection.json", chosen)
-    report = {"spikernel": __version__, "settings": spec.identity(), "counts": counts(candidates), **about,
-              "versions": versions()}
-    write_json(out / "search.json", report)
-    return {"selection": chosen, "search": report}
+    write_json(out / "selection.json", result["selection"])
+    write_json(out / "search.json", result["search"])
+    return result

@@ -70,6 +70,11 @@ class MacroConfig:
     def head_features(self) -> int:
         return 2 * self.width * self.head_size**2
 
+    def for_data(self, data) -> MacroConfig:
+        """These settings at a dataset's image shape and class count (anything with ``in_channels``,
+        ``image_size`` and ``num_classes``, e.g. a ``Dataset``)."""
+        return replace(self, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -108,6 +113,15 @@ register_preset("fmnist-small", MacroConfig(width=16, hidden=128, votes=10, seco
                 "28x28 grayscale, ~0.2M parameters: CPU-sized searches and training")
 register_preset("fmnist-tiny", MacroConfig(width=8, hidden=64, votes=10, second_pool=7, timesteps=4),
                 "28x28 grayscale, a few thousand parameters: tests and smoke runs")
+
+
+# The macro preset each dataset uses unless told otherwise (search, train, score, explore alike).
+DATASET_PRESETS = {"fashion-mnist": "fmnist", "fashion-mnist-mini": "fmnist-small", "cifar10": "snasnet-cifar10",
+                   "cifar100": "snasnet-cifar100", "tiny-imagenet": "snasnet-tinyimagenet"}
+
+
+def default_preset(dataset_name: str) -> str:
+    return DATASET_PRESETS.get(dataset_name, "fmnist")
 
 
 def get_preset(name: str, **overrides) -> MacroConfig:

@@ -8,8 +8,8 @@ The folder::
     DIR/<kernel set>/train/<genotype>/  a `spikernel train` folder per trained candidate (result.json, ...)
     DIR/report/                         `spikernel report DIR`: report.md and figures
 
-Searches and trainings are the `search` and `train` commands themselves, so each one resumes the
-way those do: finished work is never redone.
+Searches and trainings are ``nas.run.search`` and ``training.run.train``, the functions behind the
+``search`` and ``train`` commands, so each one resumes the way those do: finished work is never redone.
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ import csv
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
+from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError, SpikernelError
+from spikernel.events import OnEvent, emit
+from spikernel.nas.engine import check_budget_reachable
+from spikernel.nas.run import search
 from spikernel.nn.footprint import Budget
+from spikernel.nn.model import MacroConfig, get_preset
+from spikernel.training.loop import TrainConfig
+from spikernel.training.run import train
 from spikernel.selection.report import KernelSetResult, Study
 from spikernel.space.genotype import KernelSet
 from spikernel.files import read_json, write_json
@@ -105,66 +110,40 @@ def load_settings(out: Path) -> ExploreSettings:
 # --------------------------------------------------------------------------- running
 
 
-def search_args(settings: ExploreSettings, kernel_set: str, out: Path, data_dir: str | None) -> list[str]:
-    args = ["--dataset", settings.dataset, "--kernels", kernel_set, "--candidates", str(settings.candidates),
-            "--bits", str(settings.bits), "--cell", settings.cell, "--batch", str(settings.score_batch),
-            "--repeats", str(settings.repeats), "--preset", settings.preset, "--seed", str(settings.seed),
-            "--top", str(max(settings.top_k, 10)), "--out", str(out)]
-    if settings.budget:
-        args += ["--budget", settings.budget]
-    if settings.timesteps:
-        args += ["--timesteps", str(settings.timesteps)]
-    if data_dir:
-        args += ["--data-dir", data_dir]
-    return args
+def macro_of(settings: ExploreSettings, data) -> MacroConfig:
+    return get_preset(settings.preset, timesteps=settings.timesteps).for_data(data)
 
 
-def train_args(settings: ExploreSettings, genotype: str, out: Path, data_dir: str | None) -> list[str]:
-    args = ["--genotype", genotype, "--dataset", settings.dataset, "--epochs", str(settings.epochs),
-            "--batch", str(settings.train_batch), "--preset", settings.preset, "--seed", str(settings.seed),
-            "--out", str(out)]
-    if settings.limit_train:
-        args += ["--limit-train", str(settings.limit_train)]
-    if settings.timesteps:
-        args += ["--timesteps", str(settings.timesteps)]
-    if data_dir:
-        args += ["--data-dir", data_dir]
-    return args
+def train_config(settings: ExploreSettings) -> TrainConfig:
+    return TrainConfig(epochs=settings.epochs, batch_size=settings.train_batch, seed=settings.seed,
+                       limit_train=settings.limit_train)
 
 
-def preflight(settings: ExploreSettings, data_dir: str | None) -> None:
+def preflight(settings: ExploreSettings, data_dir: str | None):
     """Fail before the folder exists: unreadable dataset, or a budget no cell of the preset meets."""
-    from spikernel.data.datasets import load_dataset
-    from spikernel.nn.model import get_preset
-    from spikernel.nas.engine import check_budget_reachable
-
     data = load_dataset(settings.dataset, data_dir)
-    macro = get_preset(settings.preset, timesteps=settings.timesteps, in_channels=data.in_channels,
-                       image_size=data.image_size, num_classes=data.num_classes)
-    check_budget_reachable(settings.budget_limit, macro)
+    check_budget_reachable(settings.budget_limit, macro_of(settings, data))
+    return data
 
 
 def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
-            run_command: Callable[[str, list[str]], None] | None = None,
-            on_stage: Callable[[str], None] | None = None) -> Study:
+            on_event: OnEvent | None = None) -> Study:
     """Search every kernel set, then train each one's top-K under the budget; resumable."""
-    from spikernel.cli import search as search_cli, train as train_cli  # the commands are the engine
-
-    commands = {"search": search_cli.search, "train": train_cli.train}
-    run_command = run_command or (lambda name, args: commands[name].main(args, standalone_mode=False))
-    preflight(settings, data_dir)
+    data = preflight(settings, data_dir)
+    macro = macro_of(settings, data)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     open_study(out, settings)
     for kernel_set in settings.kernel_sets:
-        search_dir = out / kernel_set / "search"
-        if on_stage:
-            on_stage(f"search {kernel_set}")
-        run_command("search", search_args(settings, kernel_set, search_dir, data_dir))
-        for row in read_json(search_dir / "selection.json")["top"][: settings.top_k]:
-            if on_stage:
-                on_stage(f"train {kernel_set} {row['genotype']}")
-            run_command("train", train_args(settings, row["genotype"], out / kernel_set / "train" / slug(row["genotype"]),
-                                            data_dir))
+        emit(on_event, "explore", message=f"search {kernel_set}")
+        found = search(kernel_set, macro, data, candidates=settings.candidates, budget=settings.budget,
+                       bits=settings.bits, cell=settings.cell, batch=settings.score_batch, repeats=settings.repeats,
+                       seed=settings.seed, top=max(settings.top_k, 10), out=out / kernel_set / "search",
+                       on_event=on_event)
+        for row in found.selection["top"][: settings.top_k]:
+            emit(on_event, "explore", message=f"train {kernel_set} {row['genotype']}")
+            train(row["genotype"], data, out=out / kernel_set / "train" / slug(row["genotype"]), macro=macro,
+                  config=train_config(settings), on_event=on_event)
     return load_study(out)
 
 
@@ -237,9 +216,14 @@ class Selection:
     row: dict = field(default_factory=dict)
 
 
-def select(study: Study) -> Selection | None:
-    """The most accurate trained network under the study's budget, across kernel sets (step 4)."""
-    limit, key = study.settings.get("budget_limit"), study.cost_key
+def select(study: Study, budget: str | None = None) -> Selection | None:
+    """The most accurate trained network under a budget (default: the study's own), across kernel
+    sets (step 4). A byte budget compares footprints at the study's bits."""
+    if budget is None:
+        limit, key = study.settings.get("budget_limit"), study.cost_key
+    else:
+        parsed = Budget.parse(budget, study.settings.get("bits", 32))
+        limit, key = parsed.limit, "footprint_bytes" if parsed.unit == "bytes" else "params"
     picks = [Selection(r.kernel_set, row) for r in study.results for row in r.trained
              if limit is None or row[key] <= limit]
     return max(picks, key=lambda s: s.row["test_acc"], default=None)

@@ -131,7 +131,7 @@ KERNEL_SETS = {
 Matrix = tuple[tuple[int, ...], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Genotype:
     """A cell: a validated 4x4 operation matrix (not necessarily pruned; see ``pruned``)."""
 
@@ -172,6 +172,9 @@ class Genotype:
 
     def __str__(self) -> str:
         return " ".join("".join(_DIGITS[c] for c in row) for row in self.matrix)
+
+    def __repr__(self) -> str:
+        return f"Genotype('{self}')"
 
     def to_dict(self) -> dict:
         return {

@@ -30,6 +30,10 @@ from spikernel.nn.neuron import is_lif
 from spikernel.heap import keep_freed_memory_by_default
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 300
@@ -37,7 +41,11 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    final_lr_ratio: float = 0.01  # cosine schedule ends at this fraction of lr
+    final_lr_ratio: float = 0.01  # the schedule ends at this fraction of lr
+    optimizer: str = "sgd"
+    schedule: str = "cosine"  # cosine from lr; onecycle: linear warm-up over `warmup` of the steps, then cosine
+    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
+    label_smoothing: float = 0.0
     augment: bool = True
     seed: int = 0
     limit_train: int | None = None  # use the first N training images (smoke runs)
@@ -53,6 +61,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError("warmup and label_smoothing must be fractions in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,13 +139,37 @@ def train_count(dataset: Dataset, config: TrainConfig) -> int:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * config.final_lr_ratio
-    )
-    return optimizer, scheduler
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return optimizer, make_schedule(optimizer, config, max(1, config.epochs * steps_per_epoch))
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW decays only weight matrices and kernels: decaying BatchNorm scales toward 0 silences
+    the LIFs behind them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def make_schedule(optimizer, config: TrainConfig, total_steps: int):
+    """Per-step learning rate: cosine to ``final_lr_ratio``, after a linear warm-up for onecycle."""
+    warm = int(config.warmup * total_steps) if config.schedule == "onecycle" else 0
+    floor = config.final_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    if config.schedule == "cosine":  # the paper's recipe keeps PyTorch's own scheduler (same numbers as before)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=config.lr * floor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -171,7 +209,7 @@ def train_epoch(model, dataset: Dataset, optimizer, scheduler, config: TrainConf
         images, labels = input_batch(dataset, split, index, device, augment_generator, channels_last)
         with autocast(device, use_amp):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         # Every rank must take the same decision, so the check uses the loss averaged over ranks.
         mean_loss = world.all_reduce(loss.detach().clone()) / world.size
         value = mean_loss.item()

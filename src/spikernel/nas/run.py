@@ -1,0 +1,144 @@
+"""One call for a whole search: ``search(kernels, macro, data, ...)`` -> ``SearchResult``.
+
+It samples and scores the candidates into an Optuna study (in ``out/study.db`` by default, or a
+shared ``storage`` URL, or in memory when there is no ``out``), re-scores a shortlist at full
+fidelity when asked, and writes ``candidates.csv``, ``selection.json`` and ``search.json``. Calling it
+again on the same folder resumes: finished candidates are never scored again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spikernel.data.datasets import Dataset, load_dataset
+from spikernel.errors import ConfigError
+from spikernel.events import OnEvent, emit
+from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
+                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, time_report, top_k,
+                                  write_outputs)
+from spikernel.nas.fidelity import Fidelity, two_stage
+from spikernel.nn.footprint import Budget
+from spikernel.nn.model import MacroConfig, default_preset, get_preset
+from spikernel.space.genotype import KernelSet
+from spikernel.training.distributed import device_label, resolve_device
+
+
+@dataclass
+class SearchResult:
+    """What a search found: every candidate in slot order and the files' contents."""
+
+    spec: SearchSpec
+    candidates: list[Candidate]
+    selection: dict  # selection.json: best, top, pareto_front
+    report: dict  # search.json: settings, counts, timing, versions
+    out: Path | None = None
+
+    @property
+    def best(self) -> Candidate | None:
+        """The highest-scoring candidate under the budget (None if every one was over it)."""
+        top = self.top
+        return top[0] if top else None
+
+    @property
+    def top(self) -> list[Candidate]:
+        return top_k(self.candidates, len(self.candidates))
+
+    @property
+    def pareto(self) -> list[Candidate]:
+        return pareto_front(self.candidates)
+
+
+def as_dataset(data: Dataset | str, data_dir=None) -> Dataset:
+    return load_dataset(data, data_dir) if isinstance(data, str) else data
+
+
+def as_macro(macro: MacroConfig | str | None, data: Dataset) -> MacroConfig:
+    """A preset name (or the dataset's default preset for None) or settings, at the data's shape."""
+    if macro is None:
+        macro = default_preset(data.name)
+    return (get_preset(macro) if isinstance(macro, str) else macro).for_data(data)
+
+
+def as_budget(budget: Budget | str | None, bits: int) -> Budget | None:
+    if budget is None or isinstance(budget, Budget):
+        return budget
+    return None if budget.strip().lower() == "none" else Budget.parse(budget, bits)
+
+
+def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Dataset | str, *, candidates: int = 1000,
+           budget: Budget | str | None = None, bits: int = 32, cell: str = "backward", batch: int = 256,
+           repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
+           storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
+           compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
+           on_event: OnEvent | None = None) -> SearchResult:
+    """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
+
+    ``macro`` is a preset name or ``MacroConfig`` (fitted to the data's shape); ``budget`` a
+    parameter count (``"500K"``) or bytes at ``bits`` (``"800KB"``). With ``out`` the study and
+    its outputs live in that folder and a second call resumes it.
+    """
+    started = time.perf_counter()
+    data = as_dataset(data)
+    kernel_set = KernelSet.parse(kernels) if isinstance(kernels, str) else kernels
+    macro, budget = as_macro(macro, data), as_budget(budget, bits)
+    if compare_at is not None and compare_at >= candidates:
+        raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
+    fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
+    check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
+    device = resolve_device(device)
+    batches, scoring = scoring_data(data, batch, repeats, seed)
+    batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
+    if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
+        scoring = {**scoring, "fidelity": fidelity.cheap}
+    if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
+        scoring = {**scoring, "device": device.type}
+    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring)
+
+    out = Path(out) if out is not None else None
+    in_folder = storage is None and out is not None  # saved as a relative name: no machine path in search.json
+    if in_folder:
+        out.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{out.resolve() / 'study.db'}"
+    store = open_storage(storage, heartbeat)
+    optuna_study = open_study(spec, store, study)
+
+    cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
+    engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed))
+    engine.on_candidate = _progress(engine, candidates, started, on_event)
+    emit(on_event, "search", done=len(engine.view().done()), total=candidates)
+    found = engine.run()
+    emit(on_event, "search", done=len(found), total=candidates)
+    second = None
+    if fidelity:
+        found, second = two_stage(found, fidelity, make_scorer(macro, batches, seed),
+                                  on_done=lambda _: emit(on_event, "full re-score", info=str(fidelity)))
+
+    wall = time.perf_counter() - started
+    trials = optuna_study.get_trials(deepcopy=False)
+    about = {
+        "study": {"name": study, "storage": "sqlite:///study.db" if in_folder else redact(storage or "memory"),
+                  "failed_attempts": engine.slots.failed, "superseded": engine.slots.superseded},
+        "this_run": {"wall_seconds": round(wall, 3), "candidates": engine.ran,
+                     "candidates_per_second": round(engine.ran / wall, 4), "worker": engine.worker,
+                     "device": device_label(device)},
+        "time": time_report(trials, found),
+        "compare": compare_prefix(found, compare_at, spec.bits, trials) if compare_at else None,
+        "fidelity": second,
+    }
+    written = write_outputs(out, spec, found, about, top) if out is not None else outputs(spec, found, about, top)
+    return SearchResult(spec, found, written["selection"], written["search"], out)
+
+
+def _progress(engine: Search, total: int, started: float, on_event: OnEvent | None):
+    best = [max(engine.view().scores().values(), default=None)]
+
+    def on_candidate(c: Candidate) -> None:
+        if c.score is not None and (best[0] is None or c.score > best[0]):
+            best[0] = c.score
+        rate = engine.ran / max(time.perf_counter() - started, 1e-9)
+        info = f"{rate:.2f} cand/s" + (f" · best {best[0]:.3f}" if best[0] is not None else "")
+        emit(on_event, "search", done=len(engine.slots.done()) + 1, total=total, info=info)
+
+    return on_candidate
