@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
 from spikernel.errors import SpikernelError
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings (a silent LIF layer, a partly trained run) as one ``warning:`` line."""
+    click.echo(f"warning: {message}", err=True)
 
 
 class Group(click.Group):
@@ -27,6 +33,7 @@ class Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
+        warnings.showwarning = _one_line_warning
         try:
             return super().invoke(ctx)
         except SpikernelError as exc:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikernel.training import health
 from spikernel.training.checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint, write_metrics_csv
 from spikernel.data.datasets import Dataset, Split
 from spikernel.training.distributed import SINGLE, World, wrap
@@ -46,6 +47,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine from lr; onecycle: linear warm-up over `warmup` of the steps, then cosine
     warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
     label_smoothing: float = 0.0
+    time_budget: float | None = None  # seconds: train as many epochs as fit (decided once, stored in the run)
     augment: bool = True
     seed: int = 0
     limit_train: int | None = None  # use the first N training images (smoke runs)
@@ -67,14 +69,18 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("warmup and label_smoothing must be fractions in [0, 1)")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise ConfigError(f"time budget must be a positive number of seconds, got {self.time_budget}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def identity(self) -> dict:
         """The settings that change the numbers a run produces (a resume must keep them). How the
-        step executes (compiled or not, fused LIF or spikingjelly's, eval batch) does not belong."""
-        return {k: v for k, v in asdict(self).items() if k not in ("compile", "fused_lif", "eval_batch")}
+        step executes (compiled or not, fused LIF or spikingjelly's, eval batch) does not belong, and
+        under a time budget the epochs are what the budget allowed, stored with the run."""
+        skip = ("compile", "fused_lif", "eval_batch") + (("epochs",) if self.time_budget is not None else ())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -369,6 +375,29 @@ def fit(model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.d
 
 
 @contextmanager
+def first_batches_watched(model: nn.Module, device, on_batch, enabled: bool = True):
+    """``on_batch`` that also counts the LIFs' spikes over the first batches, then warns about
+    silent or saturated layers (``health``) and stops counting."""
+    if not enabled:
+        yield on_batch
+        return
+    counter, seen = SpikeCounter(model, device), [0]
+
+    def watched(n, loss):
+        seen[0] += 1
+        if seen[0] == health.WATCHED_BATCHES:
+            counter.close()
+            health.warn(health.rate_findings(counter.rates()))
+        if on_batch is not None:
+            on_batch(n, loss)
+
+    try:
+        yield watched
+    finally:
+        counter.close()
+
+
+@contextmanager
 def training_step_model(model: nn.Module, config: TrainConfig, device: torch.device, world: World = SINGLE):
     """What the training step calls: ``model`` with fused LIFs, DDP-wrapped and compiled as configured.
 
@@ -385,12 +414,16 @@ def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, 
     started = time.perf_counter()
     shuffle, augmentation = epoch_generators(config.seed, epoch, world)
     row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-    row.update(train_epoch(step_model, dataset, optimizer, scheduler, config, epoch, shuffle, device, on_batch,
-                           world, augmentation))
+    watch = epoch == 1 and not config.compile and world.is_main  # hooks would make a compiled step recompile
+    with first_batches_watched(model, device, on_batch, watch) as on_batch:
+        row.update(train_epoch(step_model, dataset, optimizer, scheduler, config, epoch, shuffle, device, on_batch,
+                               world, augmentation))
     train_seconds = time.perf_counter() - started
     world.broadcast(list(model.buffers()))  # evaluate with rank 0's BatchNorm statistics, as saved
     row.update(evaluate(model, dataset, batch_size=config.eval_batch, device=device, world=world,
                         amp=amp_enabled(config, device)))
+    if epoch == 1 and world.is_main:
+        health.warn([f] if (f := health.chance_finding(row["test_acc"], dataset.num_classes, epoch)) else [])
     row["train_img_per_s"] = train_count(dataset, config) / train_seconds
     row["seconds"] = time.perf_counter() - started
     return row

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,8 +26,10 @@ from spikernel.nn.model import SNN, MacroConfig, default_preset, get_preset
 from spikernel.nn.energy import measure_dataset
 from spikernel.space.genotype import Genotype
 from spikernel.training import distributed
-from spikernel.training.checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
-from spikernel.training.loop import TrainConfig, fit
+from spikernel.training.checkpoint import (CHECKPOINT_FILE, RESULT_FILE, RUN_FILE, WEIGHTS_FILE, RunSpec, open_run,
+                                           save_model)
+from spikernel.training.loop import TrainConfig, fit, steps_per_epoch
+from spikernel.training.timebudget import epochs_within, time_one_epoch
 
 ENERGY_IMAGES = 1000  # test images the result's spike, SOP and energy figures are counted on
 
@@ -68,6 +70,8 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
 
             emit(on_event, "train", message=f"{out} is already finished; its result is in {out / RESULT_FILE}")
             return TrainResult(load_model(out)[0], read_json(out / RESULT_FILE), out, status)
+        if config.time_budget is not None:
+            config = _planned(config, model, data, device, out, world, on_event)
         started = time.perf_counter()
         history = _fit(model, data, config, device, out, world, on_event)
         result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command)
@@ -90,6 +94,27 @@ def _initial_model(genotype, macro, data: Dataset, seed: int) -> tuple[SNN, Macr
     macro = (get_preset(macro) if isinstance(macro, str) else macro).for_data(data)
     torch.manual_seed(seed)
     return SNN(genotype.pruned(), macro), macro
+
+
+def _planned(config: TrainConfig, model, data, device, out: Path | None, world, on_event) -> TrainConfig:
+    """The epochs a time budget allows: measured once, kept in run.json for every resume."""
+    plan = read_json(out / RUN_FILE).get("plan") if out is not None and world.is_main else None
+    if plan is None and world.is_main:
+        steps = steps_per_epoch(min(config.limit_train or len(data.train), len(data.train)), config.batch_size, world)
+        epoch_s = time_one_epoch(model, data, config, device, steps)
+        epochs = epochs_within(config.time_budget, epoch_s)
+        if epochs < 1:
+            raise ConfigError(f"time budget of {config.time_budget:g} s is too short for one epoch "
+                              f"(about {epoch_s:.0f} s measured here)")
+        plan = {"epochs": epochs, "seconds_per_epoch": round(epoch_s, 2), "budget_seconds": config.time_budget}
+        if out is not None:
+            write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), "plan": plan})
+        emit(on_event, "train", message=f"time budget {config.time_budget:g} s: {epochs} epochs of about "
+                                        f"{epoch_s:.0f} s each")
+    world.barrier()
+    if not world.is_main:
+        plan = read_json(out / RUN_FILE)["plan"]
+    return replace(config, epochs=plan["epochs"])
 
 
 def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:

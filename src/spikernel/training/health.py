@@ -1,0 +1,48 @@
+"""Early warnings that a training will not learn: silent or saturated LIF layers, accuracy at chance.
+
+A LIF layer that almost never fires passes (almost) no gradient through its surrogate to what
+feeds it, and one that fires nearly always carries no information; both show in the first batches.
+An epoch that ends at chance accuracy is the other sign. Each finding is one ``HealthWarning``
+(a ``UserWarning``: the library warns, the CLI prints it as one line) naming the layer and a fix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+SILENT = 0.001  # spikes per neuron-step below this: the layer is silent
+SATURATED = 0.9  # and above this it fires nearly every step
+WATCHED_BATCHES = 3
+
+
+class HealthWarning(UserWarning):
+    pass
+
+
+def rate_findings(rates: dict[str, float]) -> list[str]:
+    """Per-layer spike rates (``spike_rate/<layer>`` keys, as ``SpikeCounter.rates`` gives) -> findings."""
+    findings = []
+    for key, rate in rates.items():
+        if not key.startswith("spike_rate/"):
+            continue
+        layer = key.removeprefix("spike_rate/")
+        if rate < SILENT:
+            findings.append(f"LIF layer {layer} is silent ({rate:.2%} spikes) in the first batches: "
+                            "raise the learning rate or use --recipe fast (AdamW), or a wider --width")
+        elif rate > SATURATED:
+            findings.append(f"LIF layer {layer} is saturated ({rate:.1%} spikes) in the first batches: "
+                            "lower the learning rate, or check the data's normalisation")
+    return findings
+
+
+def chance_finding(accuracy: float, classes: int, epoch: int) -> str | None:
+    """Accuracy within 1.5x of chance after an epoch: the network has not started to learn."""
+    if accuracy < 1.5 / classes:
+        return (f"test accuracy {accuracy:.1%} after epoch {epoch} is at chance ({1 / classes:.0%}): "
+                "try --recipe fast, a higher --lr or more timesteps")
+    return None
+
+
+def warn(findings: list[str]) -> None:
+    for finding in findings:
+        warnings.warn(finding, HealthWarning, stacklevel=3)
