@@ -101,8 +101,9 @@ def test_zico_splits_a_single_batch_and_labels_are_required(data):
     halves = zico_batches(images[:1], labels[:1])
     assert [len(x) for x, _ in halves] == [6, 6] and torch.equal(torch.cat([y for _, y in halves]), labels[0])
     assert math.isfinite(compute_proxy("zico", FORWARD, MACRO, images[:1], labels[:1]))
-    with pytest.raises(ConfigError, match="needs one label tensor per batch"):
-        compute_proxy("snip", FORWARD, MACRO, images, None)
+    for name in zero_cost.NEEDS_LABELS:
+        with pytest.raises(ConfigError, match=f"proxy '{name}' needs one label tensor per batch"):
+            compute_proxy(name, FORWARD, MACRO, images, None)
 
 
 def test_unknown_proxy_names_the_known_ones(data):

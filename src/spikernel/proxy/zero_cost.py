@@ -127,7 +127,8 @@ def naswot_proxy(model: SNN, batches: Batches, labels: Labels = None) -> float:
     Unlike SAHD, the Hamming distance is not divided by the distance two random codes of those
     firing rates would have, so images that differ only in how much they fire count as distinct,
     and K is summed over layers (NASWOT concatenates all codes), not averaged. No gradient;
-    training mode, as NASWOT scores. -inf when no two images can be told apart.
+    training mode (batch statistics, dropout on), as SAHD scores. -inf when no two images can be
+    told apart.
     """
     model.train()
     scores = []
@@ -218,7 +219,7 @@ def grad_norm_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
 
 
 def zico_batches(batches: Batches, labels: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """ZiCo needs at least two gradient samples; one batch is split in halves (as its authors do)."""
+    """ZiCo needs at least two gradient samples to measure a spread; one batch is split in halves."""
     pairs = list(zip(batches, labels))
     if len(pairs) >= 2:
         return pairs
