@@ -6,7 +6,8 @@ The CSV has one row per training: genotype, cell, params, footprint_bytes, a ``p
 column per proxy, val_acc, test_acc and seed (rows sharing a genotype are its training seeds).
 Writes the markdown table (also printed), ``<out>.json`` with every figure, and ``<out>.png``
 (Kendall tau per rule with 95% intervals; proxy rank against accuracy). The statistics are
-``spikernel.proxy.quality``'s.
+``spikernel.proxy.quality``'s; with the defaults, 500 cells and 8 proxies take about 100 s
+on one core (--resamples 200 --selection-resamples 20 for a quick look).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--searches", type=int, default=1000)
     parser.add_argument("--search-size", type=int, default=100)
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the genotypes")
+    parser.add_argument("--selection-resamples", type=int, default=100,
+                        help="genotype resamples for the search figures' intervals")
+    parser.add_argument("--resample-searches", type=int, default=50, help="searches per such resample")
     parser.add_argument("--vote", default=None, help="comma-separated proxies of the vote (default: all but params)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="markdown report; .json and .png beside it")
@@ -33,7 +37,8 @@ def main(argv=None) -> int:
     truth = read_ground_truth(args.csv, args.target)
     vote = args.vote.split(",") if args.vote else None
     report = evaluate(truth, bins=args.bins or None, searches=args.searches, search_size=args.search_size,
-                      resamples=args.resamples, vote=vote, seed=args.seed)
+                      resamples=args.resamples, selection_resamples=args.selection_resamples,
+                      resample_searches=args.resample_searches, vote=vote, seed=args.seed)
     table = markdown(json_ready(report))
     print(table, end="")
     if args.out:

@@ -36,7 +36,8 @@ def synthetic_records(seeds=(0, 1), spread=0.5):
 @pytest.fixture(scope="module")
 def report():
     truth = ground_truth(synthetic_records())
-    return evaluate(truth, bins=3, searches=60, search_size=30, resamples=40, seed=0)
+    return evaluate(truth, bins=3, searches=60, search_size=30, resamples=40, selection_resamples=10,
+                    resample_searches=10, seed=0)
 
 
 def test_oracle_proxy_ranks_and_picks_perfectly(report):
@@ -45,6 +46,7 @@ def test_oracle_proxy_ranks_and_picks_perfectly(report):
         assert oracle[figure]["value"] == pytest.approx(1.0)
         assert oracle[figure]["ci95"] == pytest.approx([1.0, 1.0])
     assert oracle["top1_regret"]["mean"] == 0 and oracle["per_size_regret"]["mean"] == 0
+    assert oracle["top1_regret"]["ci95"] == [0, 0]
     # a draw of 30 of the 60 cells usually, not always, holds the very best of each size
     assert 90 < oracle["top1_percentile_in_size"]["mean"] < 100 and oracle["per_size_percentile"]["mean"] > 90
 
@@ -63,7 +65,9 @@ def test_random_and_unrelated_proxies_are_near_zero(report):
         assert abs(report["rules"][rule]["kendall_tau_within_size"]["value"]) < 0.3
         low, high = report["rules"][rule]["kendall_tau_within_size"]["ci95"]
         assert low < 0 < high
-    assert 35 < report["rules"]["random"]["per_size_percentile"]["mean"] < 65
+    random = report["rules"]["random"]["per_size_percentile"]
+    assert 35 < random["mean"] < 65 and random["ci95"][0] < 55 and random["ci95"][1] > 45
+    assert random["range95"][0] < random["ci95"][0] <= random["ci95"][1] < random["range95"][1]  # one search varies more
 
 
 def test_within_size_tau_exposes_a_proxy_that_only_knows_size(report):
@@ -118,9 +122,17 @@ def test_csv_round_trip_report_and_plot(tmp_path, report):
     ready = json_ready(report)
     json.dumps(ready, allow_nan=False)  # NaN became null
     table = markdown(ready)
-    assert table.count("\n| ") == len(report["rules"]) and "| oracle | 1.00 [1.00, 1.00]" in table
+    assert table.count("\n| ") == len(report["rules"])
+    assert "| oracle | 1.00 [1.00, 1.00] | 1.00 | 1.00 [1.00, 1.00] | 1.00 | 1.00 | 0.00 |" in table
     plot_quality(ready, truth, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_resample_takes_percentiles_among_distinct_cells():
+    truth = ground_truth(synthetic_records())
+    resample = truth.subset([5, 5, 7, 5]).subset([1, 2, 2])  # copies of copies still know their origin
+    assert resample.copy_of == [5, 7, 7] and resample.distinct.tolist() == [0, 1]
+    assert truth.distinct.tolist() == list(range(60))
 
 
 def test_missing_columns_are_a_dataset_error():

@@ -53,6 +53,14 @@ class GroundTruth:
     proxies: list[str]
     seed_accuracy: list[dict[int, float]]  # per genotype: training seed -> accuracy (points)
     target: str
+    copy_of: list[int] | None = None  # a resample's rows: which original genotype each one repeats
+
+    @cached_property
+    def distinct(self) -> np.ndarray:
+        """One row per genotype: the cells a percentile is taken among (copies would tie with themselves)."""
+        if self.copy_of is None:
+            return np.arange(len(self.rows))
+        return np.sort(np.unique(self.copy_of, return_index=True)[1])
 
     @cached_property
     def accuracy(self) -> np.ndarray:
@@ -64,6 +72,12 @@ class GroundTruth:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def subset(self, index: Sequence[int]) -> GroundTruth:
+        """The cells at ``index`` (repeats allowed: a bootstrap resample)."""
+        origin = [self.copy_of[i] if self.copy_of is not None else int(i) for i in index]
+        return GroundTruth([self.rows[i] for i in index], self.proxies, [self.seed_accuracy[i] for i in index],
+                           self.target, origin)
 
 
 def read_ground_truth(path: str | os.PathLike, target: str = "val_acc") -> GroundTruth:
@@ -222,17 +236,18 @@ def one_search(rule: Rule, truth: GroundTruth, accuracy: np.ndarray, groups: np.
     scores = rule([truth.rows[i] for i in picked], rng)
     ranked = picked[order(scores, rng)]
     best = accuracy[picked].max()
+    reference, reference_groups = accuracy[truth.distinct], groups[truth.distinct]
     out = {}
     for k in (1, 5):
         choice = ranked[np.argmax(accuracy[ranked[:k]])]  # of k finalists, the one that trains best
         out[f"top{k}_regret"] = best - accuracy[choice]
-        out[f"top{k}_percentile"] = percentile_of(accuracy[choice], accuracy)
-        out[f"top{k}_percentile_in_size"] = percentile_of(accuracy[choice], accuracy[groups == groups[choice]])
+        out[f"top{k}_percentile"] = percentile_of(accuracy[choice], reference)
+        out[f"top{k}_percentile_in_size"] = percentile_of(accuracy[choice], reference[reference_groups == groups[choice]])
     regrets, percentiles = [], []
     for group in np.unique(groups[picked]):  # a search limited to one footprint bin
         members = ranked[groups[ranked] == group]
         regrets.append(accuracy[members].max() - accuracy[members[0]])
-        percentiles.append(percentile_of(accuracy[members[0]], accuracy[groups == group]))
+        percentiles.append(percentile_of(accuracy[members[0]], reference[reference_groups == group]))
     out["per_size_regret"], out["per_size_percentile"] = float(np.mean(regrets)), float(np.mean(percentiles))
     return out
 
@@ -254,6 +269,32 @@ def simulate_searches(rules: dict[str, Rule], truth: GroundTruth, groups: np.nda
             results[name].append(one_search(rule, truth, accuracy, groups, picked, rng))
     return {name: {figure: _summary([r[figure] for r in draws]) for figure in SEARCH_FIGURES}
             for name, draws in results.items()}
+
+
+def bootstrap_selection(rules: dict[str, Rule], truth: GroundTruth, bins: int | None, resamples: int,
+                        searches: int, search_size: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """95% intervals of each search figure's mean: the searches rerun on genotype resamples.
+
+    Which cells were trained is itself a sample; each resample draws as many genotypes with
+    replacement, re-bins them and runs ``searches`` searches on them (fewer than the main run's,
+    since only their mean is kept).
+    """
+    rng = np.random.default_rng(seed + 1)
+    means: dict[str, dict[str, list[float]]] = {name: {f: [] for f in SEARCH_FIGURES} for name in rules}
+    for _ in range(resamples):
+        sample = truth.subset(rng.integers(len(truth), size=len(truth)))
+        groups = size_bins(sample.column(SIZE), bins)
+        figures = simulate_searches(rules, sample, groups, searches, search_size, int(rng.integers(2**31)))
+        for name, per_figure in figures.items():
+            for figure, summary in per_figure.items():
+                means[name][figure].append(summary["mean"])
+    return {name: {f: _interval(v) for f, v in per_figure.items()} for name, per_figure in means.items()}
+
+
+def _interval(values: Sequence[float]) -> list[float]:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [math.nan, math.nan]
 
 
 def _summary(values: Sequence[float]) -> dict:
@@ -283,10 +324,7 @@ def bootstrap_correlations(rule: Rule, truth: GroundTruth, bins: int | None, res
              for _ in range(resamples)]
     out = {}
     for name, value in point.items():
-        samples = np.array([d[name] for d in draws], dtype=float)
-        samples = samples[~np.isnan(samples)]
-        ci = [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))] if len(samples) else [math.nan] * 2
-        out[name] = {"value": value, "ci95": ci}
+        out[name] = {"value": value, "ci95": _interval([d[name] for d in draws])}
     return out
 
 
@@ -311,17 +349,28 @@ def noise_floor(truth: GroundTruth) -> dict:
 
 
 def evaluate(truth: GroundTruth, bins: int | None = DEFAULT_SIZE_BINS, searches: int = 1000, search_size: int = 100,
-             resamples: int = 1000, vote: Sequence[str] | None = None, seed: int = 0) -> dict:
-    """Every figure, per rule (see the module docstring), as a JSON-ready dict."""
+             resamples: int = 1000, selection_resamples: int = 100, resample_searches: int = 50,
+             vote: Sequence[str] | None = None, seed: int = 0) -> dict:
+    """Every figure, per rule (see the module docstring), as a dict (``json_ready`` it for JSON).
+
+    Correlations carry ``value`` and ``ci95`` (``resamples`` genotype resamples); search figures
+    ``mean`` and ``range95`` over ``searches`` searches, and ``ci95`` of the mean from
+    ``selection_resamples`` resamples of ``resample_searches`` searches each.
+    """
     rules = selection_rules(truth.proxies, vote, bins)
     groups = size_bins(truth.column(SIZE), bins)
     picks = simulate_searches(rules, truth, groups, searches, search_size, seed)
+    intervals = bootstrap_selection(rules, truth, bins, selection_resamples, resample_searches, search_size, seed)
+    for name, per_figure in picks.items():
+        for figure, summary in per_figure.items():
+            summary["ci95"] = intervals[name][figure]
     per_rule = {name: {**bootstrap_correlations(rule, truth, bins, resamples, seed), **picks[name]}
                 for name, rule in rules.items()}
     return {
         "target": truth.target, "units": "accuracy points", "genotypes": len(truth),
         "rows": sum(len(s) for s in truth.seed_accuracy), "size_bins": bins, "bin_sizes": np.bincount(groups).tolist(),
-        "searches": searches, "search_size": min(search_size, len(truth)), "resamples": resamples, "seed": seed,
+        "searches": searches, "search_size": min(search_size, len(truth)), "resamples": resamples,
+        "selection_resamples": selection_resamples, "resample_searches": resample_searches, "seed": seed,
         "noise_floor": noise_floor(truth), "rules": per_rule,
     }
 
@@ -344,28 +393,33 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _with_ci(figure: dict) -> str:
+def _with_ci(figure: dict, key: str = "value", digits: int = 2) -> str:
     lo, hi = figure["ci95"]
-    return f"{_fmt(figure['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
+    return f"{_fmt(figure[key], digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
 
 
 def markdown(report: dict) -> str:
     """The report's main figures as a markdown table, with the noise floor under it."""
     head = ("| rule | tau [95% CI] | rho | tau within size [95% CI] | rho within size | tau partial params "
-            "| top-1 regret | top-1 pct | top-1 pct in size | top-5 regret | top-5 pct | per-size pct |")
+            "| top-1 regret | top-1 pct [95% CI] | top-1 pct in size [95% CI] | top-5 regret | top-5 pct "
+            "| per-size pct [95% CI] |")
     lines = [head, "|" + "---|" * 12]
     for name, r in report["rules"].items():
         cells = [name, _with_ci(r["kendall_tau"]), _fmt(r["spearman_rho"]["value"]),
                  _with_ci(r["kendall_tau_within_size"]), _fmt(r["spearman_rho_within_size"]["value"]),
-                 _fmt(r["kendall_tau_partial_params"]["value"]),
-                 *(_fmt(r[f]["mean"], 1 if "percentile" in f else 2) for f in
-                   ("top1_regret", "top1_percentile", "top1_percentile_in_size", "top5_regret", "top5_percentile",
-                    "per_size_percentile"))]
+                 _fmt(r["kendall_tau_partial_params"]["value"]), _fmt(r["top1_regret"]["mean"]),
+                 *(_with_ci(r[f], "mean", 1) for f in ("top1_percentile", "top1_percentile_in_size")),
+                 _fmt(r["top5_regret"]["mean"]), _fmt(r["top5_percentile"]["mean"], 1),
+                 _with_ci(r["per_size_percentile"], "mean", 1)]
         lines.append("| " + " | ".join(cells) + " |")
     noise = report["noise_floor"]
     lines += ["", f"{report['genotypes']} genotypes, {report['rows']} trainings, target {report['target']} "
               f"(points); {report['size_bins'] or 'exact'} size bins of {report['bin_sizes']} cells; "
-              f"{report['searches']} searches of {report['search_size']} cells; {report['resamples']} bootstrap resamples.",
+              f"{report['searches']} searches of {report['search_size']} cells; {report['resamples']} bootstrap "
+              f"resamples (searches: {report['selection_resamples']} of {report['resample_searches']} searches).",
+              "Regret: the search's best accuracy minus the pick's (top-5: the best of the rule's five); "
+              "pct: the pick's percentile among all cells / among its footprint bin; per-size: picking within "
+              "each footprint bin of a search.",
               f"Noise floor: sd between seeds {_fmt(noise['pooled_sd'])} points pooled (median {_fmt(noise['median_sd'])}) "
               f"over {noise['cells']} cells ({noise['rows']} trainings); retest tau {_fmt(noise['retest_kendall_tau'])}."]
     return "\n".join(lines) + "\n"
