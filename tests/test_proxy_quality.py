@@ -1,0 +1,141 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from spikernel.errors import DatasetError
+from spikernel.proxy import quality
+from spikernel.proxy.quality import (evaluate, ground_truth, kendall, markdown, json_ready, noise_floor,
+                                     partial_kendall, plot_quality, read_ground_truth)
+
+SIZES = (1000, 2000, 3000)  # three footprint levels, 20 cells each
+
+
+def synthetic_records(seeds=(0, 1), spread=0.5):
+    """60 cells: accuracy rises with size and, within a size, with a per-cell quality q.
+
+    Proxies: ``oracle`` = the mean accuracy itself; ``noise`` = unrelated; ``contrarian`` follows
+    size but orders cells of one size backwards (a proxy that only knows size, and badly).
+    Each cell's seeds sit at mean +- spread (sd between two seeds = spread * sqrt 2).
+    """
+    rng = np.random.default_rng(3)
+    records = []
+    for c in range(60):
+        size, q = SIZES[c // 20], (c % 20) / 20
+        mean = 60 + 10 * (c // 20) + 5 * q
+        noise = rng.normal()
+        for k, seed in enumerate(seeds):
+            records.append({"genotype": f"cell{c}", "cell": "forward", "params": size, "footprint_bytes": 4 * size,
+                            "proxy_oracle": mean, "proxy_noise": noise, "proxy_contrarian": size - q,
+                            "val_acc": (mean + spread * (1 if k % 2 else -1)) / 100, "test_acc": 0.5, "seed": seed})
+    return records
+
+
+@pytest.fixture(scope="module")
+def report():
+    truth = ground_truth(synthetic_records())
+    return evaluate(truth, bins=3, searches=60, search_size=30, resamples=40, selection_resamples=10,
+                    resample_searches=10, seed=0)
+
+
+def test_oracle_proxy_ranks_and_picks_perfectly(report):
+    oracle = report["rules"]["oracle"]
+    for figure in ("kendall_tau", "spearman_rho", "kendall_tau_within_size", "spearman_rho_within_size"):
+        assert oracle[figure]["value"] == pytest.approx(1.0)
+        assert oracle[figure]["ci95"] == pytest.approx([1.0, 1.0])
+    assert oracle["top1_regret"]["mean"] == 0 and oracle["per_size_regret"]["mean"] == 0
+    assert oracle["top1_regret"]["ci95"] == [0, 0]
+    # a draw of 30 of the 60 cells usually, not always, holds the very best of each size
+    assert 90 < oracle["top1_percentile_in_size"]["mean"] < 100 and oracle["per_size_percentile"]["mean"] > 90
+
+
+def test_search_over_every_cell_picks_the_best():
+    truth = ground_truth(synthetic_records())
+    figures = quality.simulate_searches(quality.selection_rules(truth.proxies), truth,
+                                        quality.size_bins(truth.column("footprint_bytes"), 3), searches=3, search_size=100)
+    assert figures["oracle"]["top1_percentile"] == {"mean": 100.0, "range95": [100.0, 100.0]}
+    assert figures["oracle"]["top5_regret"]["mean"] == 0
+    assert figures["contrarian"]["per_size_percentile"]["mean"] == 5.0  # the worst of each 20-cell size
+
+
+def test_random_and_unrelated_proxies_are_near_zero(report):
+    for rule in ("noise", "random"):
+        assert abs(report["rules"][rule]["kendall_tau_within_size"]["value"]) < 0.3
+        low, high = report["rules"][rule]["kendall_tau_within_size"]["ci95"]
+        assert low < 0 < high
+    random = report["rules"]["random"]["per_size_percentile"]
+    assert 35 < random["mean"] < 65 and random["ci95"][0] < 55 and random["ci95"][1] > 45
+    assert random["range95"][0] < random["ci95"][0] <= random["ci95"][1] < random["range95"][1]  # one search varies more
+
+
+def test_within_size_tau_exposes_a_proxy_that_only_knows_size(report):
+    contrarian = report["rules"]["contrarian"]
+    # overall it looks useful: 3 x 400 pairs of different sizes agree, 3 x 190 pairs of equals disagree ...
+    assert contrarian["kendall_tau"]["value"] == pytest.approx((1200 - 570) / 1770)
+    assert contrarian["kendall_tau_within_size"]["value"] == pytest.approx(-1.0)  # ... but orders equals backwards
+    assert contrarian["per_size_percentile"]["mean"] < report["rules"]["random"]["per_size_percentile"]["mean"] - 30
+    params = report["rules"]["params"]
+    assert math.isnan(params["kendall_tau_within_size"]["value"])  # params is constant within a size
+    assert math.isnan(params["kendall_tau_partial_params"]["value"])
+
+
+def test_partial_tau_follows_the_formula():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=50)
+    x, y = z + rng.normal(size=50), z + rng.normal(size=50)
+    t_xy, t_xz, t_yz = kendall(x, y), kendall(x, z), kendall(y, z)
+    expected = (t_xy - t_xz * t_yz) / math.sqrt((1 - t_xz**2) * (1 - t_yz**2))
+    assert partial_kendall(x, y, z) == pytest.approx(expected)
+    assert abs(partial_kendall(x, y, z)) < abs(t_xy)  # the shared factor z explained most of it
+
+
+def test_noise_floor_and_retest_tau():
+    floor = noise_floor(ground_truth(synthetic_records(spread=0.5)))
+    assert floor["cells"] == 60 and floor["rows"] == 120
+    assert floor["pooled_sd"] == pytest.approx(0.5 * math.sqrt(2))
+    assert floor["retest_kendall_tau"] > 0.9  # seeds move every cell by the same amount
+    single = noise_floor(ground_truth(synthetic_records(seeds=(0,))))
+    assert single["cells"] == 0 and math.isnan(single["pooled_sd"])
+
+
+def test_size_conditioned_rule_picks_in_the_largest_bin(report):
+    # accuracy rises with size here, so the oracle's best among a draw's largest cells is the draw's best
+    sized, oracle = report["rules"]["sized:oracle"], report["rules"]["oracle"]
+    assert sized["top1_regret"]["mean"] == 0
+    assert sized["top1_percentile"] == oracle["top1_percentile"]
+    noise = report["rules"]["sized:noise"]  # an unrelated proxy still lands in the largest bin
+    assert noise["top1_percentile"]["mean"] > report["rules"]["noise"]["top1_percentile"]["mean"]
+
+
+def test_csv_round_trip_report_and_plot(tmp_path, report):
+    path = tmp_path / "truth.csv"
+    records = synthetic_records()
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    truth = read_ground_truth(path)
+    assert len(truth) == 60 and truth.proxies == ["params", "oracle", "noise", "contrarian"]
+    assert truth.accuracy[0] == pytest.approx(60.0)  # fractions scaled to points, seeds averaged
+    ready = json_ready(report)
+    json.dumps(ready, allow_nan=False)  # NaN became null
+    table = markdown(ready)
+    assert table.count("\n| ") == len(report["rules"])
+    assert "| oracle | 1.00 [1.00, 1.00] | 1.00 | 1.00 [1.00, 1.00] | 1.00 | 1.00 | 0.00 |" in table
+    plot_quality(ready, truth, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_resample_takes_percentiles_among_distinct_cells():
+    truth = ground_truth(synthetic_records())
+    resample = truth.subset([5, 5, 7, 5]).subset([1, 2, 2])  # copies of copies still know their origin
+    assert resample.copy_of == [5, 7, 7] and resample.distinct.tolist() == [0, 1]
+    assert truth.distinct.tolist() == list(range(60))
+
+
+def test_missing_columns_are_a_dataset_error():
+    records = [{k: v for k, v in r.items() if k != "seed"} for r in synthetic_records()]
+    with pytest.raises(DatasetError, match="seed"):
+        ground_truth(records)
