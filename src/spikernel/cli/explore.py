@@ -13,7 +13,7 @@ from spikernel.selection.explore import ExploreSettings, explore, load_study
 from spikernel.selection.report import write_report
 from .group import main
 from .render import rendered_events
-from .options import BITS, CELL, PRESET
+from .options import BITS, CELL, PRESET, RECIPE, apply_threads
 
 _D = ExploreSettings()
 
@@ -46,6 +46,8 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True,
                      help="Best-scoring cells trained per kernel set."),
         click.option("--epochs", "-e", type=click.IntRange(min=1), default=_D.epochs, show_default=True),
+        click.option("--recipe", type=RECIPE, default=_D.recipe, show_default=True,
+                     help="fast (AdamW, one-cycle, label smoothing) or snasnet (the paper's SGD + cosine)."),
         click.option("--preset", "-p", type=PRESET, default=_D.preset, show_default=True),
         click.option("--cell", type=CELL, default=_D.cell, show_default=True),
         click.option("--score-batch", type=click.IntRange(min=2), default=_D.score_batch, show_default=True),
@@ -55,6 +57,8 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--timesteps", "-T", type=click.IntRange(min=1), default=_D.timesteps,
                      show_default=_D.timesteps is not None, help="Override the preset's timesteps T."),
         click.option("--seed", type=int, default=_D.seed, show_default=True),
+        click.option("--threads", type=int, default=None,
+                     help="CPU threads [the cores other processes leave idle, at least 1]."),
         click.option("--ablation", callback=_int_list,
                      help="Search sizes to compare, e.g. 1000,2500,5000 [a fifth, half, all]."),
     ]
@@ -69,6 +73,7 @@ def explore_options(defaults: ExploreSettings = _D):
 
 def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
     options = dict(options)
+    apply_threads(options.pop("threads"))
     data_dir = options.pop("data_dir")
     kernel_sets = tuple(k.strip() for k in options.pop("kernel_sets").split(",") if k.strip())
     budget = options.pop("budget")

@@ -37,3 +37,30 @@ KERNELS = KernelSetType()
 PRESET = click.Choice(sorted(PRESETS))
 CELL = click.Choice(CELL_TYPES)
 BITS = click.Choice([str(b) for b in BIT_WIDTHS])
+
+
+class DurationType(_Parsed):
+    name = "DURATION"
+
+    @staticmethod
+    def parser(text):
+        from spikernel.training.timebudget import parse_duration
+
+        return parse_duration(text)
+
+
+DURATION = DurationType()
+RECIPE_NAMES = ("fast", "snasnet")  # spikernel.training.recipe.RECIPES, without importing torch here
+RECIPE = click.Choice(RECIPE_NAMES)
+
+
+def threads_option(f):
+    """``--threads N``: PyTorch's threads for this command [the cores the load leaves idle]."""
+    return click.option("--threads", type=int, default=None,
+                        help="CPU threads [the cores other processes leave idle, at least 1].")(f)
+
+
+def apply_threads(threads: int | None) -> int:
+    from spikernel.threads import use_threads
+
+    return use_threads(threads)

@@ -12,7 +12,7 @@ from spikernel.nas.engine import SAMPLERS
 from spikernel.nas.run import search as run_search
 from spikernel.nn.model import default_preset, get_preset
 from .group import main
-from .options import BITS, CELL, KERNELS, PRESET
+from .options import BITS, CELL, KERNELS, PRESET, apply_threads, threads_option
 from .render import rendered_events, stdout
 
 
@@ -45,10 +45,12 @@ from .render import rendered_events, stdout
               "batch=16,repeats=1,top=0.02 (keys width, batch, repeats, timesteps, top) or 'fast'/'faster'.")
 @click.option("--device", default="auto", show_default=True,
               help="Where candidates are scored: auto (the GPU when there is one), cpu, cuda or cuda:N.")
+@threads_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
-           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device):
+           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, threads):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
+    apply_threads(threads)
     data = load_dataset(dataset, data_dir)
     macro = get_preset(preset or default_preset(data.name), width=width, timesteps=timesteps)
     with rendered_events() as on_event:

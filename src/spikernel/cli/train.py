@@ -15,11 +15,14 @@ from rich.table import Table
 
 from spikernel.data.datasets import DATASETS, load_dataset
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
-from spikernel.training.loop import TrainConfig
+from spikernel.training.recipe import recipe
 from spikernel.training.run import read_search, train as run_train
 from .group import main
-from .options import GENOTYPE, PRESET
+from .options import DURATION, GENOTYPE, PRESET, RECIPE, apply_threads, threads_option
 from .render import rendered_events, stdout
+
+
+DEFAULT_EPOCHS = {"fashion-mnist-mini": 4, "fashion-mnist": 8}
 
 
 def resolve_macro(dataset, searched: dict | None, preset: str | None, width, timesteps) -> MacroConfig:
@@ -40,13 +43,17 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
               help="Dataset [the search's, else fashion-mnist-mini].")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files as distributed.")
 @click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")
-@click.option("--epochs", "-e", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Global batch (split over torchrun processes).")
+@click.option("--epochs", "-e", type=click.IntRange(min=1),
+              help="Epochs [by dataset: 4 for fashion-mnist-mini, 8 for fashion-mnist, 300 for the others].")
+@click.option("--time-budget", type=DURATION,
+              help="Train as many epochs as fit in this wall time (90s, 30m, 1h30m); the schedule is sized to them.")
+@click.option("--recipe", "recipe_name", type=RECIPE, default="fast", show_default=True,
+              help="fast (AdamW, one-cycle, label smoothing) or snasnet (SGD + cosine, SPEC 7).")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), help="Global batch [the recipe's: 64].")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
 @click.option("--preset", "-p", type=PRESET, help="Macro preset [by dataset: fmnist, snasnet-cifar10, ...].")
 @click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
-@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--lr", type=float, help="Peak learning rate [the recipe's: 5e-3 fast, 0.1 snasnet].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, shuffling, augmentation, dropout.")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only (smoke runs).")
 @click.option("--no-augment", is_flag=True, help="Skip random crop and flip.")
@@ -54,11 +61,12 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="torch.compile the training step (slow first batch, faster after).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@threads_option
 @click.option("--resume", is_flag=True, help="Require a run to continue in --out (re-running the command resumes anyway).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-def train(genotype, from_search, dataset, data_dir, download, epochs, batch_size, timesteps, preset, width, lr, seed,
-          limit_train, no_augment, amp, compile_, device, resume, out):
-    """Train a cell (BPTT, SGD + cosine); checkpoints every epoch, resumes, runs under torchrun."""
+def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
+          preset, width, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
+    """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
     if (genotype is None) == (from_search is None):
         raise click.UsageError("give exactly one of --genotype and --from-search")
     searched_macro = searched_dataset = None
@@ -66,8 +74,10 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, batch_size
         genotype, searched_macro, searched_dataset = read_search(from_search)
     data = load_dataset(dataset or searched_dataset or "fashion-mnist-mini", data_dir, download)
     macro = resolve_macro(data, searched_macro, preset, width, timesteps)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_train=limit_train,
-                         augment=not no_augment, amp=amp, compile=compile_)
+    apply_threads(threads)
+    config = recipe(recipe_name, epochs=epochs or DEFAULT_EPOCHS.get(data.name, 300), batch_size=batch_size, lr=lr,
+                    seed=seed, limit_train=limit_train, augment=not no_augment, amp=amp, compile=compile_,
+                    time_budget=time_budget)
     with rendered_events() as on_event:
         trained = run_train(genotype, data, out=out, macro=macro, config=config, device=device, resume=resume,
                             command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event)

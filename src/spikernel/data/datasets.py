@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,6 +95,20 @@ class Dataset:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
+
+    def holdout(self, count: int, seed: int = 0) -> tuple[Dataset, Split]:
+        """A validation split of ``count`` training images (seeded) and the dataset without them.
+
+        Selection by validation accuracy never looks at the test split; normalisation keeps the
+        full training split's statistics so scores and trainings see the same inputs.
+        """
+        if not 0 < count < len(self.train):
+            raise DatasetError(f"a validation split of {count} images leaves no training data "
+                               f"({len(self.train)} training images)")
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        keep, held = order[count:].sort().values, order[:count].sort().values
+        pick = lambda index: Split(self.train.images[index], self.train.labels[index])  # noqa: E731
+        return replace(self, train=pick(keep)), pick(held)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random crop (zero padding) and horizontal flip for a whole batch (uint8 or float)."""

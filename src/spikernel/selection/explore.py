@@ -26,6 +26,7 @@ from spikernel.nas.run import search
 from spikernel.nn.footprint import Budget
 from spikernel.nn.model import MacroConfig, get_preset
 from spikernel.training.loop import TrainConfig
+from spikernel.training.recipe import recipe
 from spikernel.training.run import train
 from spikernel.selection.report import KernelSetResult, Study
 from spikernel.space.genotype import KernelSet
@@ -49,6 +50,7 @@ class ExploreSettings:
     bits: int = 32
     top_k: int = 3
     epochs: int = 3
+    recipe: str = "fast"
     score_batch: int = 64
     repeats: int = 2
     train_batch: int = 64
@@ -115,8 +117,8 @@ def macro_of(settings: ExploreSettings, data) -> MacroConfig:
 
 
 def train_config(settings: ExploreSettings) -> TrainConfig:
-    return TrainConfig(epochs=settings.epochs, batch_size=settings.train_batch, seed=settings.seed,
-                       limit_train=settings.limit_train)
+    return recipe(settings.recipe, epochs=settings.epochs, batch_size=settings.train_batch, seed=settings.seed,
+                  limit_train=settings.limit_train)
 
 
 def preflight(settings: ExploreSettings, data_dir: str | None):

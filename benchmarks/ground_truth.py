@@ -1,0 +1,169 @@
+"""Trained ground truth for judging proxies and selection rules without training again.
+
+Trains a stratified sample of distinct cells (kernel set 1x1_3x3_5x5_7x7, backward and forward,
+spread evenly over the footprint range) at one CPU-sized macro with one fixed recipe, some of
+them under a second seed for the noise floor, and records for each training: genotype, cell type,
+macro, params, footprint, every zero-cost proxy, validation accuracy (held out of the training
+split), test accuracy, epochs, seconds, seed.
+
+Resumable and parallel: worker k of n takes every n-th training; each finished training is one
+line appended (and fsynced) to that worker's part file, so a killed worker loses at most the
+training it was running. ``--merge`` joins the parts into the final CSV.
+
+    python benchmarks/ground_truth.py --worker 0 --workers 2 &
+    python benchmarks/ground_truth.py --worker 1 --workers 2 &
+    python benchmarks/ground_truth.py --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spikernel.data.datasets import load_dataset
+from spikernel.nn.footprint import footprint
+from spikernel.nn.model import get_preset
+from spikernel.proxy.zero_cost import PROXIES, labelled_batches, proxy_rows
+from spikernel.space.genotype import KernelSet, sample
+from spikernel.training.loop import evaluate, fit
+from spikernel.training.recipe import recipe
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_OUT = RESULTS / "ground_truth_fmnist_mini.csv"
+MACRO = dict(preset="fmnist-tiny", timesteps=2)  # ~10-25K parameters: a CPU can train hundreds
+VALIDATION = 1000  # training images held out for validation accuracy
+SCORING = dict(batch=64, repeats=2)
+
+
+def stratified_cells(count: int, seed: int = 0, pool: int = 4000) -> list[str]:
+    """``count`` distinct cells, half backward and half forward, at evenly spaced footprint ranks."""
+    macro = macro_config()
+    cells = []
+    for cell, share in (("backward", count - count // 2), ("forward", count // 2)):
+        rng = np.random.default_rng(seed + (cell == "forward"))
+        distinct = {}
+        for _ in range(pool):
+            g = sample(KernelSet.parse("1x1_3x3_5x5_7x7"), cell, rng)
+            if g.cell_type == cell:  # a pruned backward sample may have lost its backward edges
+                distinct.setdefault(g.key, g)
+        ordered = sorted(distinct.values(), key=lambda g: (footprint(g, macro).params, g.key))
+        picks = np.linspace(0, len(ordered) - 1, share).round().astype(int)
+        cells += [str(ordered[i]) for i in dict.fromkeys(picks)]
+    return cells
+
+
+def macro_config():
+    return get_preset(MACRO["preset"], timesteps=MACRO["timesteps"])
+
+
+def plan(cells: int, repeated: int, seed: int) -> list[tuple[str, int]]:
+    """(genotype, training seed) pairs: every cell once, every k-th of them under a second seed."""
+    genotypes = stratified_cells(cells, seed)
+    step = max(1, len(genotypes) // max(repeated, 1))
+    second = genotypes[::step][:repeated]
+    return [(g, 0) for g in genotypes] + [(g, 1) for g in second]
+
+
+def part_path(out: Path, worker: int) -> Path:
+    return out.with_name(f"{out.stem}.part{worker}.csv")
+
+
+def done_keys(path: Path) -> set[tuple[str, int]]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {(row["genotype"], int(row["seed"])) for row in csv.DictReader(f)}
+
+
+def append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -> dict:
+    macro = macro_config().for_data(data)
+    config = recipe("fast", epochs=epochs, seed=seed)
+    torch.manual_seed(seed)
+    from spikernel.nn.model import SNN
+    from spikernel.space.genotype import Genotype
+
+    model = SNN(Genotype.parse(genotype), macro)
+    started = time.perf_counter()
+    history = fit(model, data, config)
+    val_acc = evaluate(model, data, val, spike_rates=False)["test_acc"]
+    fp = footprint(model.genotype, macro)
+    return {"genotype": genotype, "cell": model.genotype.cell_type, "macro": json.dumps(MACRO),
+            "params": fp.params, "footprint_bytes": fp.bytes(32),
+            **{f"proxy_{k}": v for k, v in proxies.items()},
+            "val_acc": round(val_acc, 5), "test_acc": round(history[-1]["test_acc"], 5), "epochs": epochs,
+            "seconds": round(time.perf_counter() - started, 2), "seed": seed, "recipe": "fast"}
+
+
+def run_worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    full = load_dataset("fashion-mnist-mini", args.data_dir)
+    data, val = full.holdout(VALIDATION, seed=0)
+    macro = macro_config().for_data(data)
+    batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
+    batches = [data.normalize(b) for b in batches]
+    mine = [p for i, p in enumerate(plan(args.cells, args.repeated, args.seed)) if i % args.workers == args.worker]
+    path = part_path(args.out, args.worker)
+    done = done_keys(path)
+    names = list(PROXIES)
+    for genotype, seed in mine:
+        if (genotype, seed) in done:
+            continue
+        row = proxy_rows([genotype], macro, batches, labels, names, seed=0)[0]
+        proxies = {k.removeprefix("proxy_"): v for k, v in row.items() if k.startswith("proxy_")}
+        result = train_one(genotype, seed, data, val, proxies, args.epochs)
+        append_row(path, result)
+        print(json.dumps({k: result[k] for k in ("genotype", "seed", "params", "val_acc", "test_acc", "seconds")}),
+              flush=True)
+
+
+def merge(out: Path) -> None:
+    rows = []
+    for part in sorted(out.parent.glob(f"{out.stem}.part*.csv")):
+        with open(part, newline="") as f:
+            rows += list(csv.DictReader(f))
+    rows.sort(key=lambda r: (int(r["params"]), r["genotype"], int(r["seed"])))
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{out}: {len(rows)} trainings of {len({r['genotype'] for r in rows})} cells")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--cells", type=int, default=150)
+    parser.add_argument("--repeated", type=int, default=24, help="cells trained under a second seed")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the cell sample")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--merge", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    merge(args.out) if args.merge else run_worker(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
