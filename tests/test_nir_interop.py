@@ -21,7 +21,7 @@ from spikernel.cli import main
 from spikernel.data.datasets import load_dataset
 from spikernel.deploy.export import compare_nir, export_nir, simulate_nir, to_nir
 from spikernel.deploy.fold import fold
-from spikernel.deploy.nir_run import NIRGraphError, NIRStepper, norse_nodes, snntorch_nodes
+from spikernel.deploy.nir_run import NIRGraphError, NIRStepper, delay_nodes, norse_nodes, snntorch_nodes
 from spikernel.nn.model import build_model
 
 FORWARD = "0412 0003 0004 0000"  # 0->1 pool, 0->2 skip, 0->3 conv1x1, 1->3 conv3x3, 2->3 pool
@@ -180,6 +180,17 @@ def test_stepper_delays_by_whole_steps(steps, expected):
         out, state = stepper(torch.ones(1, 1), state)
         outputs.append(float(out.detach()))
     assert outputs == expected  # a_t = x_t + a_{t - steps}, zeros before the first
+
+
+def test_delay_in_a_nirtorch_node_map_on_a_feed_forward_graph():
+    dt = 1e-3
+    nodes = {"x": nir.Input(np.array([2])), "d": nir.Delay(np.full(2, 2 * dt)), "out": nir.Output(np.array([2]))}
+    net = nirtorch.nir_to_torch(nir.NIRGraph(nodes, [("x", "d"), ("d", "out")]), delay_nodes(dt))
+    state, outputs = None, []
+    for t in range(1, 5):
+        out, state = net(torch.full((1, 2), float(t)), state)
+        outputs.append(out[0, 0].item())
+    assert outputs == [0.0, 0.0, 1.0, 2.0]
 
 
 def test_stepper_refuses_what_it_cannot_run():

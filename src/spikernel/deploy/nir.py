@@ -240,9 +240,13 @@ def _fold_pool_scale(graph, name: str, scale: float) -> bool:
     """
     import nir
 
+    def targets(node):
+        return [t for s, t in graph.edges if s == node]
+
+    def fed_only_by(node, source):
+        return [s for s, t in graph.edges if t == node] == [source]
+
     sources = [s for s, t in graph.edges if t == name]
-    targets = lambda n: [t for s, t in graph.edges if s == n]  # noqa: E731
-    fed_only_by = lambda n, src: [s for s, t in graph.edges if t == n] == [src]  # noqa: E731
     if len(sources) == 1 and isinstance(graph.nodes[sources[0]], nir.Conv2d) and targets(sources[0]) == [name]:
         conv = graph.nodes[sources[0]]
         conv.weight = (conv.weight.astype(np.float64) * scale).astype(conv.weight.dtype)
@@ -280,10 +284,9 @@ def _lif_in_steps(lif, dt: float):
     import nir
 
     tau_steps = lif.tau.astype(np.float64) / dt
-    as_f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
-    return nir.LIF(tau=as_f32(-1.0 / np.log1p(-1.0 / tau_steps)), r=as_f32(tau_steps),
-                   v_leak=as_f32(lif.v_leak * tau_steps), v_threshold=as_f32(lif.v_threshold * tau_steps),
-                   v_reset=as_f32(lif.v_reset * tau_steps))
+    values = {"tau": -1.0 / np.log1p(-1.0 / tau_steps), "r": tau_steps, "v_leak": lif.v_leak * tau_steps,
+              "v_threshold": lif.v_threshold * tau_steps, "v_reset": lif.v_reset * tau_steps}
+    return nir.LIF(**{k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
 
 
 def encode(graph, target: str = "generic", timesteps: int | None = None):

@@ -69,6 +69,13 @@ def delay_steps(node, dt: float) -> int:
     return int(round(steps))
 
 
+def delay_nodes(dt: float) -> dict:
+    """``{nir.Delay: ...}`` for a nirtorch node map (delays on no cycle; ``NIRStepper`` for cycles)."""
+    import nir
+
+    return {nir.Delay: lambda node: Delay(delay_steps(node, dt))}
+
+
 def graph_dt(graph, dt: float | None = None) -> float:
     """``dt`` as given, else the one the graph's metadata records (spikernel writes it there)."""
     if dt is None:
