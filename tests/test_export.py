@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from spikernel.training.checkpoint import RunSpec, load_model, save_model
 from spikernel.cli import main
 from spikernel.deploy.export import (ExportError, compare_nir, export_nir, export_safetensors, load_exported, load_run,
-                              simulate_nir_spikingjelly, to_nir)
+                                     simulate_nir_spikingjelly, to_nir, write_nir)
 from spikernel.deploy.fold import fold
 from spikernel.deploy.quantize import quantize
 from spikernel.files import write_json
@@ -33,7 +33,7 @@ def images(n=3, seed=0):
 def round_trip(tmp_path, genotype, simulate=None):
     folded = fold(trained_like(genotype, dtype=torch.float32))
     graph, step = to_nir(folded, images(1))
-    nir.write(tmp_path / "net.nir", graph)  # compare what a reader of the file gets
+    write_nir(tmp_path / "net.nir", graph)  # compare what a reader of the file gets
     kwargs = {"simulate": simulate} if simulate else {}
     return compare_nir(nir.read(tmp_path / "net.nir"), step, folded, images(), **kwargs), graph
 
@@ -59,7 +59,12 @@ def test_graph_holds_lif_parameters_convs_pools_and_delays(tmp_path):
     lif = next(n for n in graph.nodes.values() if isinstance(n, nir.LIF))
     assert np.allclose(lif.tau, 4 / 3 * 1e-4) and np.all(lif.v_threshold == 1.0) and np.all(lif.v_reset == 0.0)
     assert kinds.count("Delay") == 4  # 2 backward edges in each of the 2 cells
-    assert kinds.count("AvgPool2d") == 2 * 3 + 2  # cell pools (one forward, two backward) + 2x2 + p x p
+    # the 2x2 and p x p pools sum, their 1/k^2 in the convolution before / the linear layer after;
+    # the cell's padded 3x3 pools (one forward, two backward per cell) are channel-diagonal convolutions
+    assert kinds.count("AvgPool2d") == 0 and kinds.count("SumPool2d") == 2
+    pools = [n for n in graph.nodes.values() if isinstance(n, nir.Conv2d) and n.weight.shape[0] == n.weight.shape[1]
+             and np.array_equal(n.weight, n.weight * np.eye(len(n.weight))[:, :, None, None]) and n.weight.shape[-1] == 3]
+    assert len(pools) == 2 * 3 and all(np.allclose(p.weight[0, 0], 1 / 9) for p in pools)
     assert kinds.count("BatchNorm2d") == 0
     readout = graph.nodes["readout"]
     assert isinstance(readout, nir.Affine) and readout.weight.shape[0] == 10  # votes averaged into 10 classes

@@ -19,3 +19,7 @@ class ConfigError(SpikernelError, ValueError):
 
 class DatasetError(SpikernelError):
     """A missing, incomplete or corrupt dataset."""
+
+
+class ExportError(SpikernelError):
+    """The network or run cannot be exported as asked."""
