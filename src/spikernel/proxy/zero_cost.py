@@ -66,7 +66,8 @@ def loss_gradients(model: SNN, images: torch.Tensor, labels: torch.Tensor) -> li
     model.zero_grad(set_to_none=True)
     functional.reset_net(model)
     F.cross_entropy(model(images), labels).backward()
-    return [m.weight.grad.detach().clone() for m in weight_layers(model)]
+    return [m.weight.grad.detach().clone() if m.weight.grad is not None else torch.zeros_like(m.weight)
+            for m in weight_layers(model)]
 
 
 def _need_labels(name: str, batches: Batches, labels: Labels) -> Sequence[torch.Tensor]:
@@ -182,7 +183,8 @@ def synflow_proxy(model: SNN, batches: Batches = (), labels: Labels = None) -> f
     with linear_neurons(model):
         functional.reset_net(model)
         model(ones).sum().backward()
-    return sum((m.weight * m.weight.grad).sum().item() for m in weight_layers(model))
+    # a weight no output depends on (a backward edge's convolution at the last step) gets no gradient: 0
+    return sum((m.weight * m.weight.grad).sum().item() for m in weight_layers(model) if m.weight.grad is not None)
 
 
 # --------------------------------------------------------------------------- gradient saliencies
