@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from spikernel.training.checkpoint import (CHECKPOINT_FILE, CheckpointError, join_state, load_model, read_checkpoint,
                                   split_state)
 from spikernel.cli import main
-from test_data_formats import write_fashion_mnist
+from helpers import write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,26 +15,7 @@ from spikernel.data import datasets as data_module
 from spikernel.data.datasets import DOWNLOADS, IDX_FILES, Remote, augment, load_dataset
 from spikernel.errors import DatasetError
 
-
-# --------------------------------------------------------------------------- writers (also used by other tests)
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    """An IDX file as Zalando/LeCun distribute it: magic 0x0803 / 0x0801, big-endian dims, gzip."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_fashion_mnist(directory, train: int = 64, test: int = 32, seed: int = 0):
-    """A Fashion-MNIST-format folder holding the first images of the embedded subset."""
-    mini = load_dataset("fashion-mnist-mini")
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, n, (image_file, label_file) in (("train", train, IDX_FILES["train"]), ("test", test, IDX_FILES["test"])):
-        source = getattr(mini, split)
-        write_idx(directory / image_file, source.images[:n, 0].numpy())
-        write_idx(directory / label_file, source.labels[:n].numpy())
-    return directory
+from helpers import write_fashion_mnist, write_idx
 
 
 def _cifar_images(n: int, seed: int) -> np.ndarray:

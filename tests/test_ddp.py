@@ -10,7 +10,7 @@ import torch.distributed as dist
 from click.testing import CliRunner
 
 from spikernel.cli import main
-from test_data_formats import write_fashion_mnist
+from helpers import write_fashion_mnist
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
 

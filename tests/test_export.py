@@ -15,7 +15,7 @@ from spikernel.deploy.export import (ExportError, compare_nir, export_nir, expor
 from spikernel.deploy.fold import fold
 from spikernel.deploy.quantize import quantize
 from spikernel.files import write_json
-from test_fold import trained_like
+from helpers import trained_like
 
 BACKWARD = [
     "0303 0030 2002 0200",  # SNASNet's CIFAR-10 cell: 2 backward edges

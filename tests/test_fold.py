@@ -8,21 +8,9 @@ from spikernel.deploy.export import model_spikes
 from spikernel.deploy.fold import ChannelAffine, fold, is_folded
 from spikernel.nn.model import build_model
 
+from helpers import trained_like
+
 CELLS = ["0303 0030 2002 0200", "0302 0030 3003 0000", "0142 0005 0000 0000"]  # backward x2, forward
-
-
-def trained_like(genotype: str, preset: str = "fmnist-tiny", dtype=torch.float64) -> nn.Module:
-    """A network whose BatchNorms hold non-trivial statistics and affines, as after training."""
-    torch.manual_seed(0)
-    net = build_model(genotype, preset).to(dtype)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.3, 2.0)
-                m.weight.uniform_(-0.5, 2.0)  # negative scales too: folding must keep the sign
-                m.bias.uniform_(-0.3, 0.6)
-    return net.eval()
 
 
 @pytest.mark.parametrize("genotype", CELLS)

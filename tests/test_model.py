@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from reference import reference_snasnet
+from helpers import reference_snasnet
 from spikernel.errors import ConfigError, GenotypeError
 from spikernel.nn.model import PRESETS, MacroConfig, build_model, get_preset
 from spikernel.space.genotype import Genotype

@@ -21,7 +21,6 @@ import torch
 from spikernel.data.datasets import Dataset, load_dataset
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent
-from spikernel.nas.engine import SearchSpec, scoring_data
 from spikernel.nas.run import SearchResult, as_dataset, as_macro
 from spikernel.nas.run import search as _search
 from spikernel.nn.footprint import Footprint
@@ -32,7 +31,9 @@ from spikernel.training.loop import TrainConfig
 from spikernel.training.run import TrainResult
 from spikernel.training.run import train as _train
 
-__all__ = ["load_dataset", "preset", "MacroConfig", "Genotype", "kernel_set", "sample", "footprint", "score",
+DEFAULT_PROXY = "sahd"  # SNASNet's score; docs/EVIDENCE.md has what the ground truth says of each proxy
+
+__all__ = ["proxies", "load_dataset", "preset", "MacroConfig", "Genotype", "kernel_set", "sample", "footprint", "score",
            "search", "build", "train", "evaluate", "explore", "select", "quantize", "energy", "export", "load",
            "Scored", "Evaluation", "SearchResult", "TrainResult", "TrainConfig", "Dataset"]
 
@@ -87,27 +88,34 @@ class Scored:
 
 
 def score(genotypes: Sequence[Genotype | str], macro: MacroConfig | str | None, data: Dataset | str, *,
-          proxy: str = "sahd", batch: int = 256, repeats: int = 2, seed: int = 0, bits: int = 32,
-          device: str = "cpu") -> list[Scored]:
-    """Score cells on the same seeded batches a search with these settings uses (same score per cell)."""
-    from spikernel.nas.engine import make_scorer
+          proxy: str = DEFAULT_PROXY, also: Sequence[str] = (), batch: int = 256, repeats: int = 2, seed: int = 0,
+          bits: int = 32, device: str = "cpu") -> list[Scored]:
+    """Score cells on the seeded batches a search with these settings uses: a cell gets the same
+    SAHD score here as in ``sk.search``. ``proxy`` is the one ranked by (``score``); ``also``
+    names more proxies to compute (``sk.proxies()`` lists them)."""
+    from spikernel.proxy.zero_cost import check_names, compute_proxies, labelled_batches
     from spikernel.training.distributed import resolve_device
 
-    if proxy not in ("sahd", "params"):
-        raise ConfigError(f"unknown proxy {proxy!r}; known: sahd, params")
+    names = check_names(list(dict.fromkeys(["params", proxy, *also])))
     data = as_dataset(data)
     macro = as_macro(macro, data)
-    batches, _ = scoring_data(data, batch, repeats, seed)
     device = resolve_device(device)
-    scorer = make_scorer(macro, [b.to(device) for b in batches], seed)
+    raw, labels = labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)
+    batches = [data.normalize(b).to(device) for b in raw]
+    labels = [y.to(device) for y in labels]
     results = []
     for genotype in map(_genotype, genotypes):
+        values = compute_proxies(genotype, macro, batches, labels, names, seed)
         fp = _footprint(genotype, macro)
-        proxies = {"params": float(fp.params)}
-        if proxy == "sahd":
-            proxies["sahd"] = float(scorer(genotype))
-        results.append(Scored(genotype.pruned(), fp.params, fp.bytes(bits), proxies[proxy], proxies))
+        results.append(Scored(genotype.pruned(), fp.params, fp.bytes(bits), values[proxy], values))
     return results
+
+
+def proxies() -> list[str]:
+    """The zero-cost proxies ``score`` knows."""
+    from spikernel.proxy.zero_cost import PROXIES
+
+    return list(PROXIES)
 
 
 def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Dataset | str, **options) -> SearchResult:
@@ -126,11 +134,17 @@ def build(genotype: Genotype | str, macro: MacroConfig | str, seed: int | None =
 
 
 def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Path | None = None,
-          macro: MacroConfig | str | None = None, config: TrainConfig | None = None, device: str = "auto",
-          on_event: OnEvent | None = None, **settings) -> TrainResult:
-    """Train a cell (or a built SNN) and evaluate it; ``settings`` are ``TrainConfig`` fields
-    (``epochs=2, batch_size=64, lr=...``); with ``out`` the run resumes where it stopped."""
-    config = TrainConfig(**{**(config.to_dict() if config else {}), **settings})
+          macro: MacroConfig | str | None = None, recipe: str = "fast", config: TrainConfig | None = None,
+          device: str = "auto", on_event: OnEvent | None = None, **settings) -> TrainResult:
+    """Train a cell (or a built SNN) and evaluate it, as ``spikernel train`` does.
+
+    ``recipe`` names the defaults (``fast`` or ``snasnet``), ``settings`` override ``TrainConfig``
+    fields (``epochs=2, batch_size=64, lr=..., time_budget=600``), or ``config`` gives them all.
+    With ``out`` the run resumes where it stopped.
+    """
+    from spikernel.training.recipe import recipe as named
+
+    config = TrainConfig(**{**config.to_dict(), **settings}) if config else named(recipe, **settings)
     return _train(genotype, data, out=out, macro=macro, config=config, device=device, on_event=on_event)
 
 

@@ -4,7 +4,7 @@ The CLI parses options, calls the library (``spikernel.api`` and the steps' func
 what comes back with rich; it holds no method logic of its own.
 """
 
-from . import evaluate, explore, export, info, run, sample, search, train  # each adds its command to ``main``
+from . import evaluate, explore, export, info, run, sample, score, search, train  # each adds its command
 from .group import main
 
 __all__ = ["main"]

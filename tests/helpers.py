@@ -1,0 +1,84 @@
+"""Helpers shared by the tests (no test module imports another): the CLI runner, dataset files
+in their publishers' formats, trained-like networks, and spikingjelly's SNASNet as the reference."""
+
+import gzip
+import struct
+import types
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+from spikingjelly.activation_based.model.snas_net import SNASNet
+from torch import nn
+
+from spikernel.data.datasets import IDX_FILES, load_dataset
+from spikernel.nn.model import build_model
+from spikernel.space.genotype import NODES
+
+
+def cli(*args):
+    """``spikernel ARGS`` in-process: (exit code, stdout, stderr)."""
+    from spikernel.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file as Zalando/LeCun distribute it: magic 0x0803 / 0x0801, big-endian dims, gzip."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(directory, train: int = 64, test: int = 32, seed: int = 0):
+    """A Fashion-MNIST-format folder holding the first images of the embedded subset."""
+    mini = load_dataset("fashion-mnist-mini")
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, (image_file, label_file) in (("train", train, IDX_FILES["train"]), ("test", test, IDX_FILES["test"])):
+        source = getattr(mini, split)
+        write_idx(directory / image_file, source.images[:n, 0].numpy())
+        write_idx(directory / label_file, source.labels[:n].numpy())
+    return directory
+
+
+def trained_like(genotype: str, preset: str = "fmnist-tiny", dtype=torch.float64) -> nn.Module:
+    """A network whose BatchNorms hold non-trivial statistics and affines, as after training."""
+    torch.manual_seed(0)
+    net = build_model(genotype, preset).to(dtype)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 2.0)
+                m.weight.uniform_(-0.5, 2.0)  # negative scales too: folding must keep the sign
+                m.bias.uniform_(-0.3, 0.6)
+    return net.eval()
+
+
+
+# The reference builds edge modules column by column (SNASNet's order).
+_FORWARD = [(row, col) for col in range(1, NODES) for row in range(col)]
+_BACKWARD = [(row, col) for col in range(NODES - 1) for row in range(col + 1, NODES)]
+
+
+def reference_snasnet(net, dataset: str) -> SNASNet:
+    """A SNASNet with ``net``'s genotype and weights; ``dataset`` picks its hard-coded widths."""
+    g, m = net.genotype, net.macro
+    args = types.SimpleNamespace(timestep=m.timesteps, second_avgpooling=m.second_pool, dataset=dataset,
+                                 threshold=m.threshold, tau=m.tau,
+                                 celltype="backward" if g.is_backward else "forward")
+    ref = SNASNet(args, torch.tensor(g.matrix))
+    copy = lambda dst, src: dst.load_state_dict(src.state_dict())  # noqa: E731
+    copy(ref.stem, net.stem)
+    for ours, theirs in ((net.cell1, ref.cell1), (net.cell2, ref.cell2)):
+        for index, (a, b) in enumerate(_FORWARD):
+            if g.matrix[a][b]:
+                copy(theirs.cell_architecture[index], ours.ops[f"{a}_{b}"])
+        for index, (a, b) in enumerate(_BACKWARD):
+            if g.is_backward and g.matrix[a][b]:
+                copy(theirs.cell_architecture_back[index], ours.ops[f"{a}_{b}"])
+    copy(ref.downconv1, net.reduction[:4])
+    copy(ref.last_act, net.last[:2])
+    copy(ref.classifier, net.head)
+    return ref

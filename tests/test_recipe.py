@@ -1,0 +1,139 @@
+"""Recipes, time budgets (plan kept, resume bit-identical), health warnings and the thread setting."""
+
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spikernel.data.datasets import load_dataset
+from spikernel.errors import ConfigError
+from spikernel.nn.model import get_preset
+from spikernel.training import run as run_module
+from spikernel.training.health import HealthWarning, chance_finding, rate_findings
+from spikernel.training.recipe import recipe
+from spikernel.training.timebudget import epochs_within, parse_duration
+from spikernel.threads import available_cores, choose_threads
+
+from helpers import cli
+
+CELL = "0302 0030 3003 0000"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("fashion-mnist-mini")
+
+
+def tiny(**overrides):
+    return get_preset("fmnist-tiny", timesteps=2, **overrides)
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("30m", 1800), ("1h30m", 5400), ("2h", 7200), ("45", 45),
+                                          ("1.5m", 90)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "0s", "-5m", "5x", "m"])
+def test_bad_durations(text):
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def test_epochs_that_fit():
+    assert epochs_within(100, 30) == 3 and epochs_within(100, 120) == 0 and epochs_within(100, 30, spent_s=50) == 1
+
+
+def test_recipes():
+    assert recipe("snasnet").optimizer == "sgd" and recipe("snasnet").lr == 0.1
+    fast = recipe("fast", epochs=2, lr=None)
+    assert fast.optimizer == "adamw" and fast.schedule == "onecycle" and fast.epochs == 2
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        recipe("turbo")
+
+
+def budget_run(data, out, monkeypatch, stop_after=None):
+    """Train under a 100 s budget with epochs measured as 40 s each (so 2 epochs); optionally stop."""
+    calls = []
+    monkeypatch.setattr(run_module, "time_one_epoch", lambda *a, **k: calls.append(1) or 40.0)
+
+    def on_event(event):
+        if stop_after is not None and event.info.startswith(f"test") and event.done == stop_after * 128:
+            raise KeyboardInterrupt
+
+    config = recipe("fast", time_budget=100, limit_train=128, batch_size=32, epochs=1)
+    try:
+        run_module.train(CELL, data, out=out, macro=tiny(), config=config, device="cpu", on_event=on_event)
+    except KeyboardInterrupt:
+        pass
+    return calls
+
+
+def test_time_budget_plans_once_and_resumes_bit_identical(data, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    assert budget_run(data, whole, monkeypatch) == [1]
+    import json
+
+    assert json.loads((whole / "run.json").read_text())["plan"]["epochs"] == 2
+    assert json.loads((whole / "result.json").read_text())["epochs"] == 2
+    cut = tmp_path / "cut"
+    budget_run(data, cut, monkeypatch, stop_after=1)
+    assert not (cut / "result.json").exists() and (cut / "checkpoint.json").exists()
+    assert budget_run(data, cut, monkeypatch) == []  # the stored plan, not a new measurement
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_too_short_is_one_line(tmp_path):
+    code, _, err = cli("train", "-g", CELL, "-p", "fmnist-tiny", "--time-budget", "1s", "--out", str(tmp_path / "r"))
+    assert code == 2 and "too short for one epoch" in err and err.count("\n") == 1
+    code, _, err = cli("train", "-g", CELL, "--time-budget", "soon", "--out", str(tmp_path / "r2"))
+    assert code == 2 and "malformed time budget" in err and err.count("\n") == 1
+    code, _, err = cli("train", "-g", CELL, "--recipe", "turbo", "--out", str(tmp_path / "r3"))
+    assert code == 2 and "turbo" in err and err.count("\n") == 1
+
+
+def train_warnings(data, macro) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_module.train(CELL, data, macro=macro, config=recipe("fast", epochs=1, limit_train=128, batch_size=32),
+                         device="cpu")
+    return [str(w.message) for w in caught if issubclass(w.category, HealthWarning)]
+
+
+def test_a_silent_network_is_named_and_a_healthy_one_is_not(data):
+    silent = train_warnings(data, tiny(threshold=1e6))
+    assert any("is silent" in w and "cell1" in w for w in silent)
+    assert any("at chance" in w for w in silent)
+    healthy = train_warnings(data, tiny())
+    assert not [w for w in healthy if "silent" in w or "saturated" in w]
+
+
+def test_findings_by_hand():
+    rates = {"spike_rate": 0.3, "spike_rate/a": 0.0001, "spike_rate/b": 0.2, "spike_rate/c": 0.95}
+    found = rate_findings(rates)
+    assert len(found) == 2 and "a is silent" in found[0] and "c is saturated" in found[1]
+    assert chance_finding(0.1, 10, 1) and chance_finding(0.5, 10, 1) is None
+
+
+def test_thread_counts():
+    assert 1 <= choose_threads() <= available_cores()
+    assert choose_threads(1) == 1
+    for bad in (0, available_cores() + 1):
+        with pytest.raises(ConfigError, match="--threads"):
+            choose_threads(bad)
+
+
+def test_threads_reach_torch(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(available_cores())
+        code, _, err = cli("search", "-p", "fmnist-tiny", "-T", "2", "-n", "1", "--batch", "8", "--threads", "1",
+                           "--out", str(tmp_path / "s"))
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+        code, _, err = cli("search", "-n", "1", "--threads", "0", "--out", str(tmp_path / "s2"))
+        assert code == 2 and "--threads" in err and not (tmp_path / "s2").exists()
+    finally:
+        torch.set_num_threads(before)
