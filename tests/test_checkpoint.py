@@ -76,7 +76,7 @@ def test_reruns_must_match_and_finished_runs_are_not_retrained(tmp_path, fmnist)
     code, _, err = cli(*train_args(fmnist, out, 1, "--limit-train", "32"))
     assert code == 0 and "already finished" in err and (out / "model.safetensors").stat().st_mtime_ns == stamp
     code, _, err = cli(*train_args(fmnist, out, 1, "--limit-train", "32", "--lr", "0.05"))
-    assert code == 2 and err.startswith("error:") and "holds a different run (train differs: lr 0.1 -> 0.05)" in err
+    assert code == 2 and err.startswith("error:") and "holds a different run (train differs: lr 0.005 -> 0.05)" in err
     code, _, err = cli(*train_args(fmnist, tmp_path / "new", 1, "--resume"))
     assert code == 2 and "nothing to resume" in err
     code, _, err = cli("train", "--out", str(tmp_path / "x"))
