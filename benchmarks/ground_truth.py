@@ -65,11 +65,16 @@ def macro_config():
 
 
 def plan(cells: int, repeated: int, seed: int) -> list[tuple[str, int]]:
-    """(genotype, training seed) pairs: every cell once, every k-th of them under a second seed."""
+    """(genotype, training seed) pairs: every cell once, every k-th of them under a second seed.
+
+    In a seeded random order, so that a partial run already spans the footprint range, both cell
+    types and the noise floor.
+    """
     genotypes = stratified_cells(cells, seed)
     step = max(1, len(genotypes) // max(repeated, 1))
-    second = genotypes[::step][:repeated]
-    return [(g, 0) for g in genotypes] + [(g, 1) for g in second]
+    pairs = [(g, 0) for g in genotypes] + [(g, 1) for g in genotypes[::step][:repeated]]
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    return [pairs[i] for i in order]
 
 
 def part_path(out: Path, worker: int) -> Path:
@@ -122,7 +127,7 @@ def run_worker(args) -> None:
     batches = [data.normalize(b) for b in batches]
     mine = [p for i, p in enumerate(plan(args.cells, args.repeated, args.seed)) if i % args.workers == args.worker]
     path = part_path(args.out, args.worker)
-    done = done_keys(path)
+    done = set().union(*(done_keys(p) for p in args.out.parent.glob(f"{args.out.stem}.part*.csv")))
     names = list(PROXIES)
     for genotype, seed in mine:
         if (genotype, seed) in done:

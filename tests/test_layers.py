@@ -104,3 +104,10 @@ def test_import_is_cheap_and_has_no_side_effects():
             "logging.getLogger('torch._library.triton').level)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "0"]
+
+
+def test_light_names_match_the_registries():
+    from spikernel.data import DATASET_NAMES
+    from spikernel.data.datasets import DATASETS
+
+    assert tuple(DATASETS) == DATASET_NAMES

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from spikernel.data import DATASET_NAMES, DEFAULT_DATASET  # noqa: F401  (re-exported)
 from spikernel.errors import DatasetError
 
 FASHION_CLASSES = (
@@ -498,7 +499,6 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "cifar100": load_cifar100,
     "tiny-imagenet": load_tiny_imagenet,
 }
-DEFAULT_DATASET = "fashion-mnist-mini"
 
 
 def load_dataset(name: str, data_dir=None, download_missing: bool = False) -> Dataset:

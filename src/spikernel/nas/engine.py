@@ -48,6 +48,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from spikernel import __version__
+from spikernel.nas import SAMPLERS
 from spikernel.errors import ConfigError, SpikernelError
 from spikernel.nn.footprint import Budget, Footprint, footprint, min_footprint
 from spikernel.nn.model import MacroConfig
@@ -56,7 +57,6 @@ from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZE
 from spikernel.files import _atomic, write_json
 
 SCORED, OVER_BUDGET, DUPLICATE, SUPERSEDED = "scored", "over_budget", "duplicate", "superseded"
-SAMPLERS = ("random", "tpe", "nsga2")
 DIRECTIONS = ("forward", "backward")
 SETTINGS_ATTR, SLOT_ATTR, RECORD_ATTR = "spikernel", "slot", "candidate"
 CSV_FIELDS = ["trial", "genotype", "params", "footprint_bytes", "score", "seconds", "status"]

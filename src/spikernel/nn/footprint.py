@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from spikernel.errors import ConfigError
-from spikernel.nn.model import MacroConfig
+from spikernel.nn.macro import MacroConfig
 from spikernel.space.genotype import Genotype, kernel_of
 
 BIT_WIDTHS = (32, 16, 8, 4)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from spikingjelly.activation_based import neuron, surrogate
 
-TAU = 4.0 / 3.0  # v <- v + (x - v) / tau: the membrane keeps 25% per step
-THRESHOLD = 1.0
+from spikernel.nn.macro import TAU, THRESHOLD
+
 SURROGATE_ALPHA = 2.0
 
 
