@@ -45,10 +45,16 @@ from .render import rendered_events, stdout
               "batch=16,repeats=1,top=0.02 (keys width, batch, repeats, timesteps, top) or 'fast'/'faster'.")
 @click.option("--device", default="auto", show_default=True,
               help="Where candidates are scored: auto (the GPU when there is one), cpu, cuda or cuda:N.")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train the best K briefly on a validation split (successive halving) and pick by validation accuracy.")
+@click.option("--refine-epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--validation", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Training images held out for refinement's validation accuracy.")
 @threads_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
-           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, threads):
+           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine, refine_epochs,
+           validation, threads):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
     apply_threads(threads)
     data = load_dataset(dataset, data_dir)
@@ -57,7 +63,8 @@ def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batc
         result = run_search(kernels, macro, data, candidates=candidates, budget=budget, bits=int(bits), cell=cell,
                             batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,
                             study=study_name, heartbeat=heartbeat, top=top, compare_at=compare_at,
-                            fidelity=fidelity, device=device, on_event=on_event)
+                            fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
+                            validation=validation, on_event=on_event)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 
@@ -84,6 +91,13 @@ def summary_table(result: dict, out: Path) -> Table:
                  ("score", f"{b['score']:.4f}" if b["score"] is not None else "-inf"),
                  ("footprint", f"{b['params']:,} parameters, {b['footprint_bytes']:,} bytes at {chosen['bits']} bits"),
                  ("pareto front", f"{len(chosen['pareto_front'])} candidates")]
+        refined = chosen.get("refined")
+        if refined:
+            outcomes = ", ".join(f"{r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
+                                 for r in refined["outcomes"])
+            rows.append(("refined", f"best {refined['candidates']} trained up to {refined['epochs']} epochs on "
+                                    f"{refined['validation_images']} held-out images in {refined['seconds']:.0f} s: "
+                                    f"{outcomes}"))
     else:
         rows.append(("best", "none: every sampled cell is over the budget"))
     compare = report.get("compare")

@@ -37,7 +37,11 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate | None:
-        """The highest-scoring candidate under the budget (None if every one was over it)."""
+        """The pick: the refined one after refinement, else the highest-scoring candidate under the
+        budget (None if every one was over it)."""
+        refined = self.selection.get("refined")
+        if refined:
+            return next(c for c in self.top if str(c.genotype) == refined["pick"])
         top = self.top
         return top[0] if top else None
 
@@ -72,13 +76,18 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
            repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
            storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
+           refine: int = 0, refine_epochs: int = 2, validation: int = 1000,
            on_event: OnEvent | None = None) -> SearchResult:
     """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
 
     ``macro`` is a preset name or ``MacroConfig`` (fitted to the data's shape); ``budget`` a
     parameter count (``"500K"``) or bytes at ``bits`` (``"800KB"``). With ``out`` the study and
-    its outputs live in that folder and a second call resumes it.
+    its outputs live in that folder and a second call resumes it. ``refine=K`` then trains the best
+    K for ``refine_epochs`` on a ``validation`` split held out of the training images, with
+    successive halving (``nas.refine``), and picks by validation accuracy.
     """
+    if refine and out is None:
+        raise ConfigError("refinement trains networks into run folders: give out=")
     started = time.perf_counter()
     data = as_dataset(data)
     kernel_set = KernelSet.parse(kernels) if isinstance(kernels, str) else kernels
@@ -128,7 +137,34 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         "fidelity": second,
     }
     written = write_outputs(out, spec, found, about, top) if out is not None else outputs(spec, found, about, top)
+    if refine:
+        written["selection"] = _refined(found, written["selection"], spec, data, out, refine, refine_epochs,
+                                        validation, seed, on_event)
     return SearchResult(spec, found, written["selection"], written["search"], out)
+
+
+def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k: int, epochs: int, validation: int,
+             seed: int, on_event) -> dict:
+    """selection.json with the refinement's outcome; its ``best`` is the refined pick."""
+    from dataclasses import asdict
+
+    from spikernel.files import write_json
+    from spikernel.nas.engine import candidate_summary
+    from spikernel.nas.refine import refine as run_refine
+
+    shortlist = top_k(found, k)
+    if len(shortlist) < k:
+        raise ConfigError(f"refine {k} is more than the {len(shortlist)} distinct candidates scored under the budget")
+    started = time.perf_counter()
+    rows = run_refine(shortlist, data, spec.macro, out / "refine", epochs=epochs, validation=validation, seed=seed,
+                      on_event=on_event)
+    pick = next(c for c in shortlist if str(c.genotype) == rows[0].genotype)
+    chosen = {**chosen, "best_by_score": chosen["best"], "best": candidate_summary(pick, spec.bits),
+              "refined": {"candidates": k, "epochs": epochs, "validation_images": validation, "selection": "refine",
+                          "seconds": round(time.perf_counter() - started, 2), "pick": rows[0].genotype,
+                          "outcomes": [asdict(r) for r in rows]}}
+    write_json(out / "selection.json", chosen)
+    return chosen
 
 
 def _progress(engine: Search, total: int, started: float, on_event: OnEvent | None):

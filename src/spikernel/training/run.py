@@ -12,6 +12,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,12 +49,14 @@ class TrainResult:
 
 def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Path | None = None,
           macro: MacroConfig | str | None = None, config: TrainConfig | None = None, device: str = "auto",
-          resume: bool = False, command: str | None = None, on_event: OnEvent | None = None) -> TrainResult:
+          resume: bool = False, command: str | None = None, on_event: OnEvent | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a cell (or a built ``SNN``, from its current weights) on ``data`` and evaluate it.
 
     ``macro``: a preset name or settings (default: the dataset's preset), fitted to the data's
     shape. ``config``: the recipe, epochs and batch (``TrainConfig``). ``resume=True`` insists on a
-    run to continue in ``out``; without it a rerun continues anyway.
+    run to continue in ``out``; without it a rerun continues anyway. ``on_epoch`` receives each
+    finished epoch's metrics row (also the rows a resumed run had already finished, first).
     """
     config = config or TrainConfig()
     world, device = distributed.init(device)
@@ -73,7 +76,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
         if config.time_budget is not None:
             config = _planned(config, model, data, device, out, world, on_event)
         started = time.perf_counter()
-        history = _fit(model, data, config, device, out, world, on_event)
+        history = _fit(model, data, config, device, out, world, on_event, on_epoch)
         result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command)
         if out is not None and world.is_main:
             save_model(out / WEIGHTS_FILE, model, spec)
@@ -124,10 +127,13 @@ def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:
     return status if world.is_main else open_run(out, spec, resume=False)
 
 
-def _fit(model, data, config: TrainConfig, device, out, world, on_event) -> list[dict]:
-    done = read_json(out / CHECKPOINT_FILE)["epoch"] if out is not None and (out / CHECKPOINT_FILE).exists() else 0
+def _fit(model, data, config: TrainConfig, device, out, world, on_event, on_epoch=None) -> list[dict]:
+    checkpoint = read_json(out / CHECKPOINT_FILE) if out is not None and (out / CHECKPOINT_FILE).exists() else None
+    done = checkpoint["epoch"] if checkpoint else 0
     if done and world.is_main:
         emit(on_event, "train", message=f"resuming {out} after epoch {done}")
+    for row in checkpoint["history"] if checkpoint and on_epoch else ():
+        on_epoch(row)
     images = min(config.limit_train or len(data.train), len(data.train))
     total = config.epochs * images
     clock = {"t": time.perf_counter(), "n": 0, "done": done * images, "last": ""}
@@ -140,11 +146,13 @@ def _fit(model, data, config: TrainConfig, device, out, world, on_event) -> list
         rate = clock["n"] / max(time.perf_counter() - clock["t"], 1e-9)
         emit(report, "train", done=clock["done"], total=total, info=f"loss {loss:.3f} · {rate:,.0f} img/s{clock['last']}")
 
-    def on_epoch(row):
+    def epoch_done(row):
         clock.update(t=time.perf_counter(), n=0, done=row["epoch"] * images, last=f" · test {row['test_acc']:.2%}")
         emit(report, "train", done=clock["done"], total=total, info=clock["last"].strip(" ·"))
+        if on_epoch is not None:
+            on_epoch(row)
 
-    return fit(model, data, config, device, on_batch=on_batch, on_epoch=on_epoch, run_dir=out, world=world,
+    return fit(model, data, config, device, on_batch=on_batch, on_epoch=epoch_done, run_dir=out, world=world,
                tensorboard=out is not None)
 
 
