@@ -8,12 +8,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from spikernel.data.datasets import DEFAULT_DATASET
+from spikernel.data.datasets import DEFAULT_DATASET, load_dataset
 from spikernel.selection.explore import ExploreSettings, explore, load_study
 from spikernel.selection.report import write_report
 from .group import main
 from .render import rendered_events
-from .options import BITS, CELL, PRESET
+from .options import BITS, BUDGET_HELP, CELL, PRESET, download_option
 
 _D = ExploreSettings()
 
@@ -36,12 +36,12 @@ def explore_options(defaults: ExploreSettings = _D):
     options = [
         click.option("--dataset", default=DEFAULT_DATASET, show_default=True),
         click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files."),
+        download_option,
         click.option("--kernel-sets", "-k", default=",".join(_D.kernel_sets), show_default=True,
                      help="Comma-separated kernel sets (presets like 1x1_3x3_5x5 or KxK_... names)."),
         click.option("--candidates", "-n", type=click.IntRange(min=1), default=_D.candidates, show_default=True,
                      help="Cells searched per kernel set."),
-        click.option("--budget", default=_D.budget, show_default=True,
-                     help="Parameters (500K, 10M) or bytes at --bits (800KB, 8MB); 'none' for no limit."),
+        click.option("--budget", default=_D.budget, show_default=True, help=BUDGET_HELP + " 'none': no limit."),
         click.option("--bits", type=BITS, default="32", show_default=True),
         click.option("--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True,
                      help="Best-scoring cells trained per kernel set."),
@@ -68,12 +68,16 @@ def explore_options(defaults: ExploreSettings = _D):
 
 
 def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
+    """The settings, and the data directory (the dataset fetched into it first with --download)."""
     options = dict(options)
-    data_dir = options.pop("data_dir")
+    data_dir, download = options.pop("data_dir"), options.pop("download")
     kernel_sets = tuple(k.strip() for k in options.pop("kernel_sets").split(",") if k.strip())
     budget = options.pop("budget")
-    return ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
-                           budget=None if budget is None or budget.lower() == "none" else budget, **options), data_dir
+    settings = ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
+                               budget=None if budget is None or budget.lower() == "none" else budget, **options)
+    if download:
+        load_dataset(settings.dataset, data_dir, download_missing=True)
+    return settings, data_dir
 
 
 @main.command("explore")

@@ -11,17 +11,17 @@ from spikernel.data.datasets import load_dataset
 from spikernel.errors import SpikernelError
 from spikernel.deploy.export import ExportError, export_nir, export_safetensors, load_run
 from .group import main
-from .options import BITS
+from .options import BITS, download_option
 
 FORMATS = ("nir", "safetensors")
 
 
-def sample_images(name: str, count: int, data_dir: str | None):
+def sample_images(name: str, count: int, data_dir: str | None, download: bool = False):
     """The first ``count`` test images of the run's dataset, normalised, to check the export on."""
     try:
-        dataset = load_dataset(name, data_dir)
+        dataset = load_dataset(name, data_dir, download)
     except SpikernelError as exc:
-        raise ExportError(f"cannot load the run's dataset to check the export on ({exc}); pass --data-dir") from None
+        raise ExportError(f"cannot load the run's dataset to check the export on ({exc})") from None
     return dataset.normalize(dataset.test.images[:count])
 
 
@@ -36,23 +36,27 @@ def sample_images(name: str, count: int, data_dir: str | None):
 @click.option("--check-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="NIR: test images the file read back must reproduce spike for spike.")
 @click.option("--data-dir", type=click.Path(), help="Directory with the run's dataset files.")
-def export(run_dir, fmt, bits, out, check_images, data_dir):
+@download_option
+def export(run_dir, fmt, bits, out, check_images, data_dir, download):
     """Write a trained network as a NIR graph (checked by simulation) or as safetensors + JSON."""
     console = Console()
     model, info = load_run(run_dir)
     folder = run_dir if run_dir.is_dir() else run_dir.parent
     bits = int(bits)
+    trained = {"epoch": info["epoch"], "epochs": info["epochs"]}  # an unfinished run's epoch goes into the file
     if fmt == "nir":
         if bits != 32:
             raise ExportError("--bits applies to --format safetensors; a NIR graph holds float32 weights")
         out = out or folder / "network.nir"
-        report = export_nir(model, out, sample_images(info["dataset"], check_images, data_dir))
+        report = export_nir(model, out, sample_images(info["dataset"], check_images, data_dir, download),
+                            metadata={"dataset": info["dataset"], "trained_epoch": info["epoch"],
+                                      "planned_epochs": info["epochs"]})
         console.print(f"wrote {out}: {report['nodes']} NIR nodes ({report['delays']} one-step delays for backward "
                       f"edges); read back and simulated on {report['images']} test images: all "
                       f"{report['spikes']:,} spikes of {report['lif_layers']} LIF layers equal, logits within "
                       f"{report['max_logit_error']:.1e}")
         return
     out = out or folder / ("network.safetensors" if bits == 32 else f"network-{bits}bit.safetensors")
-    report = export_safetensors(model, out, bits, info["dataset"])
+    report = export_safetensors(model, out, bits, info["dataset"], trained=trained)
     console.print(f"wrote {out} ({report['file_bytes']:,} bytes) and {out.with_suffix('.json')}"
                   + (f"; deployed size at {bits} bits: {report['deployed']['bytes']:,} bytes" if bits != 32 else ""))

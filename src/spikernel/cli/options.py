@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from spikernel.errors import SpikernelError
-from spikernel.nn.footprint import BIT_WIDTHS
+from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
 from spikernel.nn.model import PRESETS
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
 
@@ -37,3 +37,10 @@ KERNELS = KernelSetType()
 PRESET = click.Choice(sorted(PRESETS))
 CELL = click.Choice(CELL_TYPES)
 BITS = click.Choice([str(b) for b in BIT_WIDTHS])
+BUDGET_HELP = (f"Memory limit: {BUDGET_FORMS}; bytes count weights at --bits. Exponents (1e3), signs, "
+               "inf and nan are refused.")
+
+
+def download_option(f):
+    """``--download``: the same flag on every command that reads a dataset."""
+    return click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")(f)

@@ -18,7 +18,7 @@ from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.training.loop import TrainConfig
 from spikernel.training.run import read_search, train as run_train
 from .group import main
-from .options import GENOTYPE, PRESET
+from .options import GENOTYPE, PRESET, download_option
 from .render import rendered_events, stdout
 
 
@@ -39,7 +39,7 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)),
               help="Dataset [the search's, else fashion-mnist-mini].")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files as distributed.")
-@click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")
+@download_option
 @click.option("--epochs", "-e", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Global batch (split over torchrun processes).")

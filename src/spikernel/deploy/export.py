@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -37,7 +38,8 @@ from spikernel.deploy.fold import ChannelAffine, fold, is_folded
 from spikernel.nn.model import SNN, MacroConfig, build_model
 from spikernel.nn.neuron import is_lif
 from spikernel.space.genotype import INPUT, NODES, OUTPUT, SKIP, Genotype
-from spikernel.files import _atomic, read_json, write_json
+from spikernel.files import _atomic, read_json, read_json_object, write_json
+from spikernel.training.checkpoint import load_state, read_weights, write_weights
 
 NIR_DT = 1e-4  # seconds per step: the NIR convention spikingjelly and most simulators use
 
@@ -328,21 +330,25 @@ def check_nir_file(path: str | os.PathLike, step: StepGraph, folded: SNN, images
 
     report = compare_nir(nir.read(str(path)), step, folded, images)
     scale = 1.0 + float(folded(images).abs().max())
+    if not (math.isfinite(scale) and math.isfinite(report["max_logit_error"])):  # NaN compares as "no difference"
+        raise ExportError("the network's logits are not finite (NaN or inf weights): nothing to check the NIR graph by")
     if report["mismatched_spikes"] or report["max_logit_error"] > 1e-4 * scale:
         raise ExportError(f"the NIR graph read back does not reproduce the network: {report['mismatched_spikes']} "
                           f"spikes differ per layer, logits by up to {report['max_logit_error']:.3g}")
     return report
 
 
-def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor) -> dict:
+def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, metadata: dict | None = None) -> dict:
     """Write ``model`` (folded) as a NIR file, only once the file read back gives the same spikes.
 
-    ``images`` are normalised sample inputs [B, C, H, W]; returns the comparison report.
+    ``images`` are normalised sample inputs [B, C, H, W]; ``metadata`` (strings and numbers, e.g.
+    the epoch the weights are from) goes into the graph's metadata. Returns the comparison report.
     """
     import nir
 
     folded = (model if is_folded(model) else fold(model)).float()
     graph, step = to_nir(folded, images[:1].float())
+    graph.metadata = {"genotype": str(model.genotype), **{k: v for k, v in (metadata or {}).items() if v is not None}}
     report = {}
 
     def write(tmp):
@@ -360,16 +366,16 @@ def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor) -> dic
 WEIGHTS_FORMAT = "spikernel-weights/1"
 
 
-def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, dataset: str | None = None) -> dict:
+def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, dataset: str | None = None,
+                       trained: dict | None = None) -> dict:
     """Weights as safetensors plus ``<name>.json`` with the architecture ``load_exported`` rebuilds.
 
     32 bits: the trained state dict as is (BatchNorm included), with the metadata of the training
-    engine's weights files, so ``spikernel evaluate --run FILE`` reads it too. 16, 8, 4 bits: the folded network
+    engine's weights files, so ``spikernel evaluate --run FILE`` reads it too. ``trained`` ({"epoch",
+    "epochs"}, as ``load_run`` gives) is recorded in both files. 16, 8, 4 bits: the folded network
     with its weights at that width: float16, or integer codes (int8 tensors; 4-bit codes lie in
     [-7, 7], unpacked) with a float32 ``<name>.weight_scale`` per output channel.
     """
-    from safetensors.torch import save_file
-
     from spikernel.nn.footprint import check_bits
     from spikernel.deploy.quantize import measured_size, quantize, quantize_codes
 
@@ -394,6 +400,7 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
         "bits": bits,
         "folded": bits != 32,
         "weights": path.name,
+        **({"trained": trained} if trained else {}),
     }
     if bits != 32:
         architecture["deployed"] = measured_size(model, bits).to_dict()
@@ -403,37 +410,37 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
 
         metadata.update(format=FORMAT, genotype=str(model.genotype), macro=json.dumps(model.macro.to_dict()),
                         dataset=dataset)
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        if trained and trained.get("epoch") is not None:
+            metadata["epoch"] = str(trained["epoch"])
+        if trained and trained.get("epochs") is not None:
+            metadata["train"] = json.dumps({"epochs": trained["epochs"]})
+    write_weights(path, tensors, metadata)
     write_json(path.with_suffix(".json"), architecture)
     return {**architecture, "file_bytes": path.stat().st_size}
 
 
 def load_exported(path: str | os.PathLike) -> SNN:
     """Rebuild the network ``export_safetensors`` wrote (the ``.json`` or the ``.safetensors`` path)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     spec_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     try:
-        spec = read_json(spec_path)
+        spec = read_json_object(spec_path, ("format", "genotype", "macro", "folded"))
         if spec.get("format") != WEIGHTS_FORMAT:
             raise ExportError(f"{spec_path} is not a spikernel weights file (format {spec.get('format')!r})")
         model = build_model(Genotype.from_dict(spec["genotype"]), MacroConfig.from_dict(spec["macro"]))
-        tensors = load_file(str(weights_path))
-    except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as exc:
+        tensors, _ = read_weights(weights_path)
+    except OSError as exc:
         raise ExportError(f"cannot read exported network {path}: {exc}") from None
     if spec["folded"]:
         model = fold(model)
         for name in [k for k in tensors if k.endswith(".weight_scale")]:
             weight = name.removesuffix("_scale")
+            if weight not in tensors:
+                raise ExportError(f"{weights_path} has {name} but no {weight}")
             codes = tensors.pop(weight).float()
             tensors[weight] = codes * tensors.pop(name).view(-1, *[1] * (codes.dim() - 1))
         tensors = {k: v.float() for k, v in tensors.items()}
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ExportError(f"{weights_path} does not match its architecture: {str(exc).splitlines()[0]}") from None
+    load_state(model, tensors, weights_path)
     return model.eval()
 
 
@@ -444,9 +451,10 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
     """The trained network of a run and {"dataset", "source"}.
 
     ``run`` is a ``spikernel train`` folder (final weights, else its last finished epoch), a
-    ``spikernel run`` folder (the network its selection chose) or a weights file.
+    ``spikernel run`` folder (the network its selection chose) or a weights file; "epoch" and
+    "epochs" say how far its training got (a warning is issued when it is unfinished).
     """
-    from spikernel.training.checkpoint import RUN_FILE, load_model
+    from spikernel.training.checkpoint import RUN_FILE, load_trained
 
     run = Path(run)
     if not run.exists():
@@ -458,5 +466,6 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
         run = run / selection["run"]
     if run.is_dir() and not (run / RUN_FILE).exists():
         raise ExportError(f"{run} is not a training run (no {RUN_FILE}): train one with spikernel train --out")
-    model, spec, source = load_model(run)  # a folder with no finished epoch: "has no weights yet"
-    return model.eval(), {"dataset": spec.dataset, "source": source, "genotype": spec.genotype}
+    loaded = load_trained(run)  # a folder with no finished epoch: "has no weights yet"; unfinished: a warning
+    return loaded.model.eval(), {"dataset": loaded.spec.dataset, "source": loaded.source,
+                                 "genotype": loaded.spec.genotype, "epoch": loaded.epoch, "epochs": loaded.epochs}

@@ -7,13 +7,14 @@ at t-1 into node i at t.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from spikernel.errors import ConfigError, GenotypeError
+from spikernel.errors import ConfigError, SpikernelWarning
 from spikernel.nn.layers import TimestepBatchNorm2d
 from spikernel.nn.neuron import TAU, THRESHOLD, is_lif, lif
 from spikernel.space.genotype import AVGPOOL, INPUT, NODES, OUTPUT, SKIP, Genotype, kernel_of
@@ -80,11 +81,16 @@ class MacroConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> MacroConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"macro settings must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown macro settings: {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a setting of the wrong type (a string where a number belongs)
+            raise ConfigError(f"malformed macro settings: {exc}") from None
 
 
 # --------------------------------------------------------------------------- presets
@@ -133,6 +139,24 @@ def get_preset(name: str, **overrides) -> MacroConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# --------------------------------------------------------------------------- kernels vs feature maps
+
+
+def oversized_kernels(kernels, macro: MacroConfig) -> list[int]:
+    """Kernel sizes larger than cell 2's feature map (the smaller of the two cells' maps)."""
+    return sorted(k for k in set(kernels) if k > macro.cell2_size)
+
+
+def warn_oversized_kernels(kernels, macro: MacroConfig) -> None:
+    """A ``SpikernelWarning`` per kernel size larger than a feature map it is applied to (legal:
+    a letter code like ``a`` = 15x15 may be meant, or be a slip)."""
+    for k in oversized_kernels(kernels, macro):
+        s1, s2 = macro.cell1_size, macro.cell2_size
+        where = f"both cells' feature maps ({s1}x{s1}, {s2}x{s2})" if k > s1 else f"cell 2's {s2}x{s2} feature map"
+        warnings.warn(SpikernelWarning(f"{k}x{k} kernels are larger than {where}: every window reaches into the "
+                                       "zero padding, so their extra parameters buy little"), stacklevel=3)
+
+
 # --------------------------------------------------------------------------- cell
 
 
@@ -155,9 +179,7 @@ class Cell(nn.Module):
 
     def __init__(self, genotype: Genotype, channels: int, macro: MacroConfig):
         super().__init__()
-        self.genotype = genotype = genotype.pruned()
-        if not genotype.is_connected:
-            raise GenotypeError(f"genotype {genotype}: the cell output (node 3) is not connected to its input")
+        self.genotype = genotype = genotype.pruned()  # connected: every Genotype is (see Genotype)
         self.forward_edges = [(i, j) for i, j, _ in genotype.forward_edges]
         self.backward_edges = [(j, i) for j, i, _ in genotype.backward_edges]
         # Per node, in edge order: the nodes feeding it forward, and the nodes it carries into.
@@ -229,6 +251,7 @@ class SNN(nn.Module):
 
     def __init__(self, genotype: Genotype, macro: MacroConfig):
         super().__init__()
+        warn_oversized_kernels(genotype.kernels, macro)
         self.genotype, self.macro = genotype.pruned(), macro
         c, m = macro.width, macro
         self.stem = nn.Sequential(

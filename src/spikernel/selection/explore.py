@@ -29,7 +29,7 @@ from spikernel.training.loop import TrainConfig
 from spikernel.training.run import train
 from spikernel.selection.report import KernelSetResult, Study
 from spikernel.space.genotype import KernelSet
-from spikernel.files import read_json, write_json
+from spikernel.files import make_dir, read_json, write_json
 
 SETTINGS_FILE = "explore.json"
 
@@ -132,7 +132,7 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     data = preflight(settings, data_dir)
     macro = macro_of(settings, data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     open_study(out, settings)
     for kernel_set in settings.kernel_sets:
         emit(on_event, "explore", message=f"search {kernel_set}")

@@ -26,7 +26,8 @@ from spikernel.nn.model import SNN, MacroConfig, default_preset, get_preset
 from spikernel.nn.energy import measure_dataset
 from spikernel.space.genotype import Genotype
 from spikernel.training import distributed
-from spikernel.training.checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, RunSpec, open_run, save_model
+from spikernel.training.checkpoint import (RESULT_FILE, WEIGHTS_FILE, RunSpec, checkpoint_epoch, open_run,
+                                           save_model)
 from spikernel.training.loop import TrainConfig, fit
 
 ENERGY_IMAGES = 1000  # test images the result's spike, SOP and energy figures are counted on
@@ -72,7 +73,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
         history = _fit(model, data, config, device, out, world, on_event)
         result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command)
         if out is not None and world.is_main:
-            save_model(out / WEIGHTS_FILE, model, spec)
+            save_model(out / WEIGHTS_FILE, model, spec, epoch=len(history))
             write_json(out / RESULT_FILE, result)  # last: its presence marks a finished run
         return TrainResult(model, result, out, status)
     finally:
@@ -100,7 +101,7 @@ def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:
 
 
 def _fit(model, data, config: TrainConfig, device, out, world, on_event) -> list[dict]:
-    done = read_json(out / CHECKPOINT_FILE)["epoch"] if out is not None and (out / CHECKPOINT_FILE).exists() else 0
+    done = checkpoint_epoch(out) if out is not None else 0
     if done and world.is_main:
         emit(on_event, "train", message=f"resuming {out} after epoch {done}")
     images = min(config.limit_train or len(data.train), len(data.train))
