@@ -43,10 +43,13 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     make_dir(path.parent)
     try:
         tmp = _temporary(path)
+        mode = tmp.stat().st_mode & 0o777  # 0666 less the umask
     except OSError as exc:
         raise WriteError.of(exc, path) from None
     try:
         write(str(tmp))
+        if tmp.stat().st_mode & 0o777 != mode:  # a writer that replaced the file (safetensors makes it 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

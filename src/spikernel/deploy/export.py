@@ -39,7 +39,7 @@ from spikernel.nn.model import SNN, MacroConfig, build_model
 from spikernel.nn.neuron import is_lif
 from spikernel.space.genotype import INPUT, NODES, OUTPUT, SKIP, Genotype
 from spikernel.files import _atomic, read_json, read_json_object, write_json
-from spikernel.training.checkpoint import load_state, read_weights, write_weights
+from spikernel.training.checkpoint import first_non_finite, load_state, read_weights, write_weights
 
 NIR_DT = 1e-4  # seconds per step: the NIR convention spikingjelly and most simulators use
 
@@ -338,6 +338,13 @@ def check_nir_file(path: str | os.PathLike, step: StepGraph, folded: SNN, images
     return report
 
 
+def check_finite(model: nn.Module) -> None:
+    """Refuse to export NaN or inf weights (the NIR spike check alone would not notice them)."""
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ExportError(f"the network's weights are not finite (NaN or inf in {bad}); nothing to export")
+
+
 def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, metadata: dict | None = None) -> dict:
     """Write ``model`` (folded) as a NIR file, only once the file read back gives the same spikes.
 
@@ -346,6 +353,7 @@ def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, metada
     """
     import nir
 
+    check_finite(model)
     folded = (model if is_folded(model) else fold(model)).float()
     graph, step = to_nir(folded, images[:1].float())
     graph.metadata = {"genotype": str(model.genotype), **{k: v for k, v in (metadata or {}).items() if v is not None}}
@@ -380,6 +388,7 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
     from spikernel.deploy.quantize import measured_size, quantize, quantize_codes
 
     check_bits(bits)
+    check_finite(model)
     path = Path(path)
     if bits == 32:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

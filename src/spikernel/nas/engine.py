@@ -348,11 +348,20 @@ def open_storage(url: str | None, heartbeat: int | None = 10, attempts: int = 3)
             # Workers starting together on a new database race to create Optuna's tables; the
             # loser's error goes away on a second try. A refused connection stays refused.
             if attempt == attempts:
-                raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc.orig or exc)}") from None
+                raise StorageError(f"cannot open storage {storage_name(url)}: {_first_line(exc.orig or exc)}") from None
             time.sleep(0.5 * attempt)
         except Exception as exc:  # a malformed URL or a missing driver: no point retrying
             hint = " (PostgreSQL needs pip install 'spikernel[postgres]')" if isinstance(exc, ImportError) else ""
-            raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}{hint}") from None
+            raise StorageError(f"cannot open storage {storage_name(url)}: {_first_line(exc)}{hint}") from None
+
+
+def storage_name(url: str) -> str:
+    """A SQLite URL's file path as the user gave it; other URLs without their password."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # not a URL at all: say it as given, less any password
+        return redact(url)
+    return parsed.database if parsed.drivername.startswith("sqlite") and parsed.database else redact(url)
 
 
 def storage_errors(search: Callable) -> Callable:
@@ -366,7 +375,7 @@ def storage_errors(search: Callable) -> Callable:
             return search(*args, **kwargs)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
             url, out = kwargs.get("storage"), kwargs.get("out")
-            where = redact(url) if url else Path(out) / "study.db" if out is not None else "the in-memory study"
+            where = storage_name(url) if url else Path(out) / "study.db" if out is not None else "the in-memory study"
             raise StorageError(f"cannot write {where}: {_first_line(_root_cause(exc))}") from None
 
     return guarded

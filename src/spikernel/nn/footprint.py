@@ -117,7 +117,8 @@ class Budget:
         number, unit = Decimal(found["number"]), found["unit"]
         limit = int(number * (_PARAM_UNITS[unit] if unit in _PARAM_UNITS else _BYTE_UNITS[unit]))
         if limit < 1:
-            raise ConfigError(f"budget {text!r} is below one {'parameter' if unit in _PARAM_UNITS else 'byte'}")
+            raise ConfigError(f"malformed budget {text!r}: it is below one "
+                              f"{'parameter' if unit in _PARAM_UNITS else 'byte'}")
         return cls(limit, "params" if unit in _PARAM_UNITS else "bytes", bits)
 
     def cost(self, fp: Footprint) -> int:

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from spikernel.data.datasets import load_dataset
-from spikernel.errors import ConfigError, SpikernelError
+from spikernel.errors import ConfigError, FileFormatError, SpikernelError
 from spikernel.events import OnEvent, emit
 from spikernel.nas.engine import check_budget_reachable
 from spikernel.nas.run import search
@@ -158,14 +158,17 @@ def _number(text: str) -> float | int | None:
 
 
 def read_candidates(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
-            row[key] = _number(row.get(key, ""))
-        if row["score"] is not None and not math.isfinite(row["score"]):
-            row["score"] = None
-    return sorted(rows, key=lambda r: r["trial"])
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
+                row[key] = _number(row.get(key, ""))
+            if row["score"] is not None and not math.isfinite(row["score"]):
+                row["score"] = None
+        return sorted(rows, key=lambda r: r["trial"])
+    except (ValueError, TypeError, csv.Error) as exc:  # edited by hand, or not spikernel's
+        raise FileFormatError(f"{path} is not a candidates table spikernel wrote ({exc})") from None
 
 
 def load_study(out: Path) -> Study:

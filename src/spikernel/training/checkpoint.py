@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from spikernel import __version__
-from spikernel.errors import SpikernelError, SpikernelWarning
+from spikernel.errors import FileFormatError, SpikernelError, SpikernelWarning
 from spikernel.nn.model import SNN, MacroConfig, build_model
 from spikernel.space.genotype import Genotype
 from spikernel.files import _atomic, read_json, read_json_object, write_json
@@ -151,7 +151,7 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimizer, scheduler, epo
     """Epoch ``epoch`` finished: tensors file first, then the JSON that names it, then old files go."""
     out = Path(out)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+    if first_non_finite(tensors) is not None:
         raise CheckpointError(f"weights are not finite after epoch {epoch}; the last good checkpoint is kept")
     optimizer_state = split_state(optimizer.state_dict(), "optimizer", tensors)
     name = f"{CHECKPOINT_DIR}/epoch-{epoch:04d}.safetensors"
@@ -182,6 +182,8 @@ def read_checkpoint(out: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
         state = read_json_object(out / CHECKPOINT_FILE, ("epoch", "weights", "sha256", "optimizer", "history"))
         weights = out / state["weights"]
         int(state["epoch"])
+    except FileFormatError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{out / CHECKPOINT_FILE} is unreadable ({exc})") from None
     if not weights.exists():
@@ -283,10 +285,20 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path} is not a spikernel weights file ({_first_line(exc)})") from None
     if DIGEST_KEY in metadata and tensors_digest(tensors) != metadata[DIGEST_KEY]:
         raise CheckpointError(f"{path} is damaged: its tensors differ from the checksum recorded when it was written")
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {name}; it cannot be used")
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {bad}; it cannot be used")
     return tensors, metadata
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or inf, else None.
+
+    Checked on the weights themselves: a spiking network hides NaN weights from its outputs (a NaN
+    membrane never crosses the threshold), so its logits can look finite and plausible.
+    """
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+                None)
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source) -> None:
