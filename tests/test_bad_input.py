@@ -7,6 +7,7 @@ The trained, unfinished and searched folders are built once per module at tiny s
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -302,6 +303,14 @@ def test_finished_runs_load_without_a_warning(world):
     assert (json.loads(out)["epoch"], json.loads(out)["epochs"]) == (1, 1)
 
 
+# --------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_an_unknown_option_in_one_line(command):
+    assert_one_error(*cli(command, "--no-such-option"), "No such option")
+
+
 # --------------------------------------------------------------------------- budgets
 
 
@@ -374,9 +383,10 @@ def test_an_idx_header_that_undercounts_its_images_is_refused(world, tmp_path):
     shutil.copytree(world.data, data)
     images = np.zeros((32, 28, 28), dtype=np.uint8)
     write_idx(data / IDX_FILES["train"][0], images)
-    raw = bytearray(__import__("gzip").open(data / IDX_FILES["train"][0]).read())
+    raw = bytearray(gzip.open(data / IDX_FILES["train"][0]).read())
     raw[4:8] = struct.pack(">I", 31)  # the header claims 31 images; the file holds 32
-    __import__("gzip").open(data / IDX_FILES["train"][0], "wb").write(bytes(raw))
+    with gzip.open(data / IDX_FILES["train"][0], "wb") as f:
+        f.write(bytes(raw))
     line = assert_one_error(*cli(*train_args(data, tmp_path / "run")), IDX_FILES["train"][0], "784 bytes after")
     assert "31 x 28 x 28" in line and not (tmp_path / "run").exists()
 

@@ -12,7 +12,6 @@ import json
 import os
 import struct
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from spikernel.errors import ConfigError, DatasetError, GenotypeError, KernelSet
 from spikernel.nas.engine import open_storage, sqlite_url
 from spikernel.nn.footprint import Budget, footprint
 from spikernel.nn.model import build_model, get_preset
-from spikernel.space.genotype import MAX_CODE, Genotype, KernelSet
+from spikernel.space.genotype import Genotype, KernelSet
 from test_bad_input import GENOTYPE, TINY, assert_one_error, cli, snapshot
 from test_data_formats import write_fashion_mnist
 
@@ -36,7 +35,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CODE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
 TINY_MACRO = get_preset("fmnist-tiny")
 
 # Genotype texts: four rows of codes (often valid, often disconnected or clashing) or anything at all.

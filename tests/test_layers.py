@@ -13,7 +13,8 @@ ROOT = Path(spikernel.__file__).parent
 # Lower ranks are imported by higher ones, never the other way; equal ranks of different packages
 # do not import each other. The steps follow the method: cells, networks and data, scores, training,
 # search, deployment, selection.
-RANKS = {"errors": 0, "files": 0, "heap": 0, "events": 0, "": 0, "space": 1, "nn": 2, "data": 2, "proxy": 3,
+# errors sits below everything (it imports nothing), so files can raise its WriteError.
+RANKS = {"errors": -1, "files": 0, "heap": 0, "events": 0, "": 0, "space": 1, "nn": 2, "data": 2, "proxy": 3,
          "training": 4, "nas": 5, "deploy": 6, "selection": 7, "api": 8, "cli": 9, "__main__": 10}
 TERMINAL = ("click", "rich")
 

@@ -59,7 +59,6 @@ def _one_line(text: str) -> str:
 @contextmanager
 def warning_lines():
     """Print each distinct ``SpikernelWarning`` once, as ``warning: ...`` on stderr."""
-
     seen: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -7,7 +7,8 @@ Layout of ``spikernel train --out DIR`` (docs/RESULTS.md describes it for users)
                              and the name + SHA-256 of the tensors file below
     checkpoints/epoch-N.safetensors   model weights and optimizer buffers of that epoch
     metrics.csv              one row per epoch (losses, top-1/top-5, spike rates, img/s)
-    model.safetensors        final weights; its metadata repeats genotype, macro and dataset
+    model.safetensors        final weights; its metadata repeats genotype, macro, dataset and training
+                             settings, the epoch, and the SHA-256 of the tensors (``read_weights``)
     result.json              written last: final metrics, wall time, machine
 
 Every file is written to a temporary name and renamed. ``checkpoint.json`` is the commit point:
