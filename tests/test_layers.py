@@ -111,3 +111,20 @@ def test_light_names_match_the_registries():
     from spikernel.data.datasets import DATASETS
 
     assert tuple(DATASETS) == DATASET_NAMES
+
+
+def test_cli_names_match_the_library():
+    from spikernel.cli.export import TARGETS
+    from spikernel.cli.options import RECIPE_NAMES
+    from spikernel.deploy.nir import TARGETS as NIR_TARGETS
+    from spikernel.training.recipe import RECIPES
+
+    assert TARGETS == tuple(NIR_TARGETS) and RECIPE_NAMES == tuple(RECIPES)
+
+
+def test_the_command_line_starts_without_pytorch():
+    import subprocess
+    import sys
+
+    code = "import sys, spikernel.cli; print(sorted(m for m in ('torch', 'optuna', 'matplotlib') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -198,20 +198,29 @@ def energy(run: str | Path | TrainResult | SNN, data: Dataset | str, images: int
 
 
 def export(run: str | Path | TrainResult | SNN, format: str = "nir", out: str | Path | None = None, *,
-           data: Dataset | str | None = None, bits: int = 32, check_images: int = 16) -> dict:
-    """Write a NIR graph (checked spike for spike on test images) or safetensors + JSON."""
-    from spikernel.deploy.export import export_nir, export_safetensors
+           data: Dataset | str | None = None, bits: int = 32, check_images: int = 16, target: str = "generic") -> dict:
+    """Write a NIR graph (checked spike for spike on test images) or safetensors + JSON; a run
+    stopped early is exported with a warning and the epoch its weights come from."""
+    from spikernel.deploy.export import export_nir, export_safetensors, load_run
 
-    model = _model(run)
-    folder = Path(run.out) if isinstance(run, TrainResult) and run.out else Path(run) if isinstance(run, (str, Path)) else Path(".")
-    folder = folder if folder.is_dir() else folder.parent
+    trained = {}
+    if isinstance(run, (str, Path)):
+        model, info = load_run(run)
+        trained = {"epoch": info["epoch"], "epochs": info["epochs"]}
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    else:
+        model = _model(run)
+        folder = Path(run.out) if isinstance(run, TrainResult) and run.out else Path(".")
+        if isinstance(run, TrainResult):
+            trained = {"epoch": run.result["epochs"], "epochs": run.result["epochs"]}
     if format == "nir":
         data = as_dataset(data or "fashion-mnist-mini")
         images = data.normalize(data.test.images[:check_images])
-        return export_nir(model, Path(out or folder / "network.nir"), images)
+        return export_nir(model, Path(out or folder / "network.nir"), images, target,
+                          metadata={"trained_epoch": trained.get("epoch"), "planned_epochs": trained.get("epochs")})
     if format == "safetensors":
         name = "network.safetensors" if bits == 32 else f"network-{bits}bit.safetensors"
-        return export_safetensors(model, Path(out or folder / name), bits)
+        return export_safetensors(model, Path(out or folder / name), bits, trained=trained or None)
     raise ConfigError(f"unknown export format {format!r}; choose nir or safetensors")
 
 

@@ -9,53 +9,60 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from spikernel.training.checkpoint import load_model
-from spikernel.data.datasets import DATASETS, load_dataset
-from spikernel.training.distributed import resolve_device
+from spikernel.data import DATASET_NAMES
 from spikernel.errors import ConfigError
-from spikernel.nn.model import MacroConfig
-from spikernel.training.loop import evaluate as evaluate_model
-from spikernel.nn.energy import EnergyModel, OpCounter
-from spikernel.deploy.quantize import footprint_at, quantize
+from spikernel.nn.macro import MacroConfig
 from .group import main
-from .options import BITS
+from .options import BITS, download_option
 
 
 def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download: bool):
-    """The trained model, the dataset it is evaluated on (its own unless overridden) and the source."""
-    model, spec, source = load_model(path)
+    """The trained model, its spec, the dataset it is evaluated on (its own unless overridden) and how it was loaded."""
+    from spikernel.data.datasets import load_dataset
+    from spikernel.training.checkpoint import load_trained
+
+    loaded = load_trained(path)  # warns when the run is unfinished
+    model, spec, source = loaded.model, loaded.spec, loaded.source
     data = load_dataset(dataset_name or spec.dataset, data_dir, download)
     macro = MacroConfig.from_dict(spec.macro)
     shape = (data.in_channels, data.image_size, data.num_classes)
     if shape != (macro.in_channels, macro.image_size, macro.num_classes):
         raise ConfigError(f"{data.name} has {shape[0]}x{shape[1]}x{shape[1]} images and {shape[2]} classes; the model "
                           f"expects {macro.in_channels}x{macro.image_size}x{macro.image_size} and {macro.num_classes}")
-    return model, spec, data, source
+    return model, spec, data, loaded
 
 
 @main.command()
 @click.option("--run", "path", type=click.Path(exists=True, path_type=Path), required=True,
               help="A `spikernel train` run folder or a model .safetensors file.")
-@click.option("--dataset", type=click.Choice(sorted(DATASETS)), help="Evaluate on another dataset of the same shape.")
+@click.option("--dataset", type=click.Choice(sorted(DATASET_NAMES)), help="Evaluate on another dataset of the same shape.")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files.")
-@click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")
+@download_option
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast.")
 @click.option("--bits", type=BITS, default="32", show_default=True,
               help="Fold BatchNorm and quantize weights to this width first (16 = float16, 8/4 = integers).")
-@click.option("--e-ac", type=float, default=EnergyModel.e_ac, show_default=True, help="pJ per accumulate.")
-@click.option("--e-mac", type=float, default=EnergyModel.e_mac, show_default=True, help="pJ per multiply-accumulate.")
+@click.option("--e-ac", type=float, help="pJ per accumulate [0.9, 45 nm].")
+@click.option("--e-mac", type=float, help="pJ per multiply-accumulate [4.6, 45 nm].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(path, dataset, data_dir, download, batch_size, device, amp, bits, e_ac, e_mac, as_json):
     """Test-split accuracy (top-1, top-5), loss and per-LIF-layer spike rates of a trained network."""
-    model, spec, data, source = load_for_evaluation(path, dataset, data_dir, download)
+    from spikernel.deploy.quantize import footprint_at, quantize
+    from spikernel.nn.energy import EnergyModel, OpCounter
+    from spikernel.training.distributed import resolve_device
+    from spikernel.training.loop import evaluate as evaluate_model
+
+    energy_model = EnergyModel(**{k: v for k, v in {"e_ac": e_ac, "e_mac": e_mac}.items() if v is not None})
+    model, spec, data, loaded = load_for_evaluation(path, dataset, data_dir, download)
+    source = loaded.source
     device = resolve_device(device)
     model = quantize(model, int(bits)) if int(bits) != 32 else model
-    with OpCounter(model, EnergyModel(e_ac, e_mac)) as ops:  # counts ride along the accuracy pass
+    with OpCounter(model, energy_model) as ops:  # counts ride along the accuracy pass
         report = evaluate_model(model.to(device), data, batch_size=batch_size, device=device, amp=amp)
     ops = ops.report()
-    report = {"weights": source, "genotype": spec.genotype, "dataset": data.name, "images": len(data.test), **report,
+    report = {"weights": source, "genotype": spec.genotype, "epoch": loaded.epoch, "epochs": loaded.epochs,
+              "dataset": data.name, "images": len(data.test), **report,
               "footprint": footprint_at(spec.genotype, model.macro, int(bits)), "energy": ops.to_dict()}
     if as_json:
         click.echo(json.dumps(report))
@@ -64,6 +71,8 @@ def evaluate(path, dataset, data_dir, download, batch_size, device, amp, bits, e
     top5 = next((k for k in report if k.startswith("test_top")), None)
     table.add_row("dataset", f"{data.name} test ({len(data.test)} images)")
     table.add_row("genotype", spec.genotype)
+    if not loaded.finished:
+        table.add_row("weights", f"epoch {loaded.epoch} of {loaded.epochs} (unfinished run)")
     table.add_row("top-1 accuracy", f"{report['test_acc']:.2%}")
     if top5:
         table.add_row(f"top-{top5[len('test_top'):]} accuracy", f"{report[top5]:.2%}")

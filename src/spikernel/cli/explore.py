@@ -8,12 +8,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from spikernel.data.datasets import DEFAULT_DATASET
-from spikernel.selection.explore import ExploreSettings, explore, load_study
-from spikernel.selection.report import write_report
+from spikernel.data import DEFAULT_DATASET
+from spikernel.selection.settings import ExploreSettings
 from .group import main
 from .render import rendered_events
-from .options import BITS, CELL, PRESET, RECIPE, apply_threads
+from .options import BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option
 
 _D = ExploreSettings()
 
@@ -36,12 +35,12 @@ def explore_options(defaults: ExploreSettings = _D):
     options = [
         click.option("--dataset", default=DEFAULT_DATASET, show_default=True),
         click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files."),
+        download_option,
         click.option("--kernel-sets", "-k", default=",".join(_D.kernel_sets), show_default=True,
                      help="Comma-separated kernel sets (presets like 1x1_3x3_5x5 or KxK_... names)."),
         click.option("--candidates", "-n", type=click.IntRange(min=1), default=_D.candidates, show_default=True,
                      help="Cells searched per kernel set."),
-        click.option("--budget", default=_D.budget, show_default=True,
-                     help="Parameters (500K, 10M) or bytes at --bits (800KB, 8MB); 'none' for no limit."),
+        click.option("--budget", default=_D.budget, show_default=True, help=BUDGET_HELP + " 'none': no limit."),
         click.option("--bits", type=BITS, default="32", show_default=True),
         click.option("--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True,
                      help="Best-scoring cells trained per kernel set."),
@@ -72,13 +71,19 @@ def explore_options(defaults: ExploreSettings = _D):
 
 
 def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
+    """The settings, and the data directory (the dataset fetched into it first with --download)."""
     options = dict(options)
     apply_threads(options.pop("threads"))
-    data_dir = options.pop("data_dir")
+    data_dir, download = options.pop("data_dir"), options.pop("download")
     kernel_sets = tuple(k.strip() for k in options.pop("kernel_sets").split(",") if k.strip())
     budget = options.pop("budget")
-    return ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
-                           budget=None if budget is None or budget.lower() == "none" else budget, **options), data_dir
+    settings = ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
+                               budget=None if budget is None or budget.lower() == "none" else budget, **options)
+    if download:
+        from spikernel.data.datasets import load_dataset
+
+        load_dataset(settings.dataset, data_dir, download_missing=True)
+    return settings, data_dir
 
 
 @main.command("explore")
@@ -86,6 +91,8 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Study folder.")
 def explore_command(out, **options):
     """Per kernel set: search, train the top-K under the budget, evaluate; one resumable study folder."""
+    from spikernel.selection.explore import explore
+
     settings, data_dir = settings_from(options)
     with rendered_events() as on_event:
         explore(settings, out, data_dir, on_event)
@@ -97,6 +104,9 @@ def explore_command(out, **options):
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Report folder [FOLDER/report].")
 def report_command(folder, out):
     """Write report.md and figures (PNG, SVG) from an exploration folder's stored results."""
+    from spikernel.selection.explore import load_study
+    from spikernel.selection.report import write_report
+
     study = load_study(folder)
     out = out or folder / "report"
     result = write_report(study, out)

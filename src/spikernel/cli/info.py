@@ -10,7 +10,7 @@ from rich.table import Table
 
 from spikernel.errors import GenotypeError
 from spikernel.nn.footprint import BIT_WIDTHS, footprint
-from spikernel.nn.model import get_preset
+from spikernel.nn.macro import get_preset
 from spikernel.space.genotype import op_name
 from .group import main
 from .options import CELL, GENOTYPE, PRESET

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from spikernel.errors import SpikernelError
-from spikernel.nn.footprint import BIT_WIDTHS
-from spikernel.nn.model import PRESETS
+from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
+from spikernel.nn.macro import PRESETS
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
 
 
@@ -64,3 +64,12 @@ def apply_threads(threads: int | None) -> int:
     from spikernel.threads import use_threads
 
     return use_threads(threads)
+
+
+BUDGET_HELP = (f"Memory limit: {BUDGET_FORMS}; bytes count weights at --bits. Exponents (1e3), signs, "
+               "inf and nan are refused.")
+
+
+def download_option(f):
+    """``--download``: the same flag on every command that reads a dataset."""
+    return click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")(f)

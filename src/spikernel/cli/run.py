@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from spikernel.selection.pipeline import RUN_DEFAULTS, run_job
+from spikernel.selection.settings import RUN_DEFAULTS
 from .group import main
 from .explore import explore_options, settings_from
 from .render import rendered_events, stdout
@@ -20,6 +20,8 @@ from .render import rendered_events, stdout
               help="Run folder [runs/run-TIME]; give an existing one to resume it.")
 def run(out, **options):
     """Explore three kernel sets, search each, train the best, pick the best under the budget, report."""
+    from spikernel.selection.pipeline import run_job
+
     settings, data_dir = settings_from(options)
     out = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     with rendered_events() as on_event:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from spikernel.data.datasets import DEFAULT_DATASET
+from spikernel.data import DEFAULT_DATASET
 from spikernel.errors import ConfigError, GenotypeError
 from spikernel.space.genotype import Genotype
 from .group import main
@@ -89,6 +89,6 @@ def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, vo
 
 
 def api_default_preset(dataset: str) -> str:
-    from spikernel.nn.model import default_preset
+    from spikernel.nn.macro import default_preset
 
     return default_preset(dataset)

@@ -7,23 +7,23 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from spikernel.data.datasets import DEFAULT_DATASET, load_dataset
-from spikernel.nas.engine import SAMPLERS
-from spikernel.nas.run import search as run_search
-from spikernel.nn.model import default_preset, get_preset
+from spikernel.data import DEFAULT_DATASET
+from spikernel.nas import SAMPLERS
+from spikernel.nn.macro import default_preset, get_preset
 from .group import main
-from .options import BITS, CELL, KERNELS, PRESET, apply_threads, threads_option
+from .options import BITS, BUDGET_HELP, CELL, KERNELS, PRESET, apply_threads, download_option, threads_option
 from .render import rendered_events, stdout
 
 
 @main.command()
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="fashion-mnist-mini (embedded) or fashion-mnist.")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files.")
+@download_option
 @click.option("--kernels", "-k", type=KERNELS, default="1x1_3x3", show_default=True,
               help="Kernel-size set: a preset name (1x1_3x3_5x5) or odd sizes (1,3,9).")
 @click.option("--candidates", "-n", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Cells to sample (SpiKernel 1000, SNASNet 5000).")
-@click.option("--budget", help="Memory limit: parameters (500K, 10M) or bytes at --bits (800KB, 8MB).")
+@click.option("--budget", help=BUDGET_HELP)
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
 @click.option("--cell", type=CELL, default="backward", show_default=True)
 @click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per scoring batch.")
@@ -52,12 +52,15 @@ from .render import rendered_events, stdout
               help="Training images held out for refinement's validation accuracy.")
 @threads_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-def search(out, dataset, data_dir, kernels, candidates, budget, bits, cell, batch, repeats, timesteps, preset, width,
-           seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine, refine_epochs,
-           validation, threads):
+def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, timesteps,
+           preset, width, seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
+           refine_epochs, validation, threads):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
+    from spikernel.data.datasets import load_dataset
+    from spikernel.nas.run import search as run_search
+
     apply_threads(threads)
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, download)
     macro = get_preset(preset or default_preset(data.name), width=width, timesteps=timesteps)
     with rendered_events() as on_event:
         result = run_search(kernels, macro, data, candidates=candidates, budget=budget, bits=int(bits), cell=cell,

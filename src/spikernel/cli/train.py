@@ -13,12 +13,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from spikernel.data.datasets import DATASETS, load_dataset
-from spikernel.nn.model import MacroConfig, default_preset, get_preset
-from spikernel.training.recipe import recipe
-from spikernel.training.run import read_search, train as run_train
+from spikernel.data import DATASET_NAMES
+from spikernel.nn.macro import MacroConfig, default_preset, get_preset
 from .group import main
-from .options import DURATION, GENOTYPE, PRESET, RECIPE, apply_threads, threads_option
+from .options import DURATION, GENOTYPE, PRESET, RECIPE, apply_threads, download_option, threads_option
 from .render import rendered_events, stdout
 
 
@@ -39,10 +37,10 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 @click.option("--genotype", "-g", type=GENOTYPE, help="Cell matrix, e.g. '0302 0030 3003 0000'.")
 @click.option("--from-search", type=click.Path(file_okay=False, path_type=Path),
               help="Train the best cell of a `spikernel search` (or `spikernel run`) folder.")
-@click.option("--dataset", type=click.Choice(sorted(DATASETS)),
+@click.option("--dataset", type=click.Choice(sorted(DATASET_NAMES)),
               help="Dataset [the search's, else fashion-mnist-mini].")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files as distributed.")
-@click.option("--download", is_flag=True, help="Fetch the dataset (checksummed) if it is not on disk.")
+@download_option
 @click.option("--epochs", "-e", type=click.IntRange(min=1),
               help="Epochs [by dataset: 4 for fashion-mnist-mini, 8 for fashion-mnist, 300 for the others].")
 @click.option("--time-budget", type=DURATION,
@@ -67,6 +65,10 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
           preset, width, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
+    from spikernel.data.datasets import load_dataset
+    from spikernel.training.recipe import recipe
+    from spikernel.training.run import read_search, train as run_train
+
     if (genotype is None) == (from_search is None):
         raise click.UsageError("give exactly one of --genotype and --from-search")
     searched_macro = searched_dataset = None

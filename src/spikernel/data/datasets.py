@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import math
 import os
 import pickle
 import struct
@@ -30,6 +31,7 @@ import torch
 
 from spikernel.data import DATASET_NAMES, DEFAULT_DATASET  # noqa: F401  (re-exported)
 from spikernel.errors import DatasetError
+from spikernel.files import make_dir
 
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -191,22 +193,32 @@ def locate(name: str, data_dir, folder: str, required: Sequence[str], extra: Seq
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip-compressed or not) as a uint8 array; clear errors for truncation."""
+    """An IDX file (gzip-compressed or not) as a uint8 array.
+
+    The header's dimensions must account for the payload exactly: fewer bytes is a truncated
+    file, more is a header that undercounts its images (read as is, the rest would be ignored).
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             header = f.read(4)
-            if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] != 0x08:
-                raise DatasetError(f"{path}: not an unsigned-byte IDX file")
+            if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] != 0x08 or not 1 <= header[3] <= 4:
+                raise DatasetError(f"{path}: not an unsigned-byte IDX file of 1 to 4 dimensions")
             ndim = header[3]
             dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path))
-            count = int(np.prod(dims))
-            data = _read_exact(f, count, path)
+            payload = f.read()  # what is there, never what the header claims (it may claim terabytes)
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise DatasetError(f"missing file {path}") from None
         raise DatasetError(f"{path}: corrupt or truncated ({exc})") from None
-    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    count = math.prod(dims)
+    if len(payload) < count:
+        raise DatasetError(f"{path}: truncated (its header declares {' x '.join(map(str, dims))} = {count} bytes, "
+                           f"found {len(payload)})")
+    if len(payload) > count:
+        raise DatasetError(f"{path}: {len(payload) - count} bytes after the {' x '.join(map(str, dims))} its header "
+                           "declares (a wrong count in the header, or another file appended)")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _read_exact(f, size: int, path) -> bytes:
@@ -443,7 +455,7 @@ def download(name: str, root: str | os.PathLike | None = None) -> Path:
     folder, remotes = DOWNLOADS[name]
     root = Path(root).expanduser() if root is not None else data_roots()[0]
     target = root / folder
-    target.mkdir(parents=True, exist_ok=True)
+    make_dir(target)
     for remote in remotes:
         path = target / remote.url.rsplit("/", 1)[-1]
         if not (path.exists() and _md5(path) == remote.md5):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spikernel.deploy.nir import (NIR_DT, TARGETS, StepCell, StepGraph, check_expressible, check_nir_file,  # noqa: F401
+from spikernel.deploy.nir import (NIR_DT, TARGETS, StepCell, StepGraph, check_expressible, check_finite,  # noqa: F401
+                                  check_nir_file,
                                   compare_nir, encode, export_nir, model_spikes, simulate_nir,
                                   simulate_nir_spikingjelly, to_nir, write_nir)
 from spikernel.deploy.weights import WEIGHTS_FORMAT, export_safetensors, load_exported  # noqa: F401
@@ -19,9 +20,10 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
     """The trained network of a run and {"dataset", "source"}.
 
     ``run`` is a ``spikernel train`` folder (final weights, else its last finished epoch), a
-    ``spikernel run`` folder (the network its selection chose) or a weights file.
+    ``spikernel run`` folder (the network its selection chose) or a weights file; "epoch" and
+    "epochs" say how far its training got (a warning is issued when it is unfinished).
     """
-    from spikernel.training.checkpoint import RUN_FILE, load_model
+    from spikernel.training.checkpoint import RUN_FILE, load_trained
 
     run = Path(run)
     if not run.exists():
@@ -33,5 +35,6 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
         run = run / selection["run"]
     if run.is_dir() and not (run / RUN_FILE).exists():
         raise ExportError(f"{run} is not a training run (no {RUN_FILE}): train one with spikernel train --out")
-    model, spec, source = load_model(run)  # a folder with no finished epoch: "has no weights yet"
-    return model.eval(), {"dataset": spec.dataset, "source": source, "genotype": spec.genotype}
+    loaded = load_trained(run)  # a folder with no finished epoch: "has no weights yet"; unfinished: a warning
+    return loaded.model.eval(), {"dataset": loaded.spec.dataset, "source": loaded.source,
+                                 "genotype": loaded.spec.genotype, "epoch": loaded.epoch, "epochs": loaded.epochs}

@@ -26,6 +26,7 @@ cycle, so export:
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -494,18 +495,34 @@ def check_nir_file(path: str | os.PathLike, step: StepGraph, folded: SNN, images
     import nir
 
     report = compare_nir(nir.read(str(path)), step, folded, images)
+    if not (math.isfinite(report["logit_scale"]) and math.isfinite(report["max_logit_error"])):  # NaN compares as "no difference"
+        raise ExportError("the network's logits are not finite (NaN or inf weights): nothing to check the NIR graph by")
     if report["mismatched_spikes"] or report["max_logit_error"] > 1e-4 * (1.0 + report["logit_scale"]):
         raise ExportError(f"the NIR graph read back does not reproduce the network: {report['mismatched_spikes']} "
                           f"spikes differ per layer, logits by up to {report['max_logit_error']:.3g}")
     return report
 
 
-def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, target: str = "generic") -> dict:
+def check_finite(model: nn.Module) -> None:
+    """Refuse to export NaN or inf weights (the NIR spike check alone would not notice them)."""
+    from spikernel.training.checkpoint import first_non_finite
+
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ExportError(f"the network's weights are not finite (NaN or inf in {bad}); nothing to export")
+
+
+def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, target: str = "generic",
+               metadata: dict | None = None) -> dict:
     """Write ``model`` (folded) as a NIR file for ``target``, only once the file read back gives
-    the same spikes. ``images`` are normalised sample inputs [B, C, H, W]; returns the comparison report.
+    the same spikes. ``images`` are normalised sample inputs [B, C, H, W]; ``metadata`` (strings and
+    numbers, e.g. the epoch the weights are from) joins the graph's metadata. Returns the comparison report.
     """
+    check_finite(model)
     folded = (model if is_folded(model) else fold(model)).float()
     graph, step = to_nir(folded, images[:1].float(), target)
+    graph.metadata = {**graph.metadata, "genotype": str(model.genotype),
+                      **{k: v for k, v in (metadata or {}).items() if v is not None}}
     report = {}
 
     def write(tmp):

@@ -10,27 +10,30 @@ from torch import nn
 
 from spikernel.deploy.fold import fold
 from spikernel.errors import ExportError
-from spikernel.files import _atomic, read_json, write_json
+from spikernel.deploy.nir import check_finite
+from spikernel.files import read_json_object, write_json
+from spikernel.training.checkpoint import load_state, read_weights, write_weights
 from spikernel.nn.model import SNN, MacroConfig, build_model
 from spikernel.space.genotype import Genotype
 
 WEIGHTS_FORMAT = "spikernel-weights/1"
 
 
-def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, dataset: str | None = None) -> dict:
+def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, dataset: str | None = None,
+                       trained: dict | None = None) -> dict:
     """Weights as safetensors plus ``<name>.json`` with the architecture ``load_exported`` rebuilds.
 
     32 bits: the trained state dict as is (BatchNorm included), with the metadata of the training
-    engine's weights files, so ``spikernel evaluate --run FILE`` reads it too. 16, 8, 4 bits: the folded network
+    engine's weights files, so ``spikernel evaluate --run FILE`` reads it too. ``trained`` ({"epoch",
+    "epochs"}, as ``load_run`` gives) is recorded in both files. 16, 8, 4 bits: the folded network
     with its weights at that width: float16, or integer codes (int8 tensors; 4-bit codes lie in
     [-7, 7], unpacked) with a float32 ``<name>.weight_scale`` per output channel.
     """
-    from safetensors.torch import save_file
-
     from spikernel.nn.footprint import check_bits
     from spikernel.deploy.quantize import measured_size, quantize, quantize_codes
 
     check_bits(bits)
+    check_finite(model)
     path = Path(path)
     if bits == 32:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -51,6 +54,7 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
         "bits": bits,
         "folded": bits != 32,
         "weights": path.name,
+        **({"trained": trained} if trained else {}),
     }
     if bits != 32:
         architecture["deployed"] = measured_size(model, bits).to_dict()
@@ -60,35 +64,35 @@ def export_safetensors(model: SNN, path: str | os.PathLike, bits: int = 32, data
 
         metadata.update(format=FORMAT, genotype=str(model.genotype), macro=json.dumps(model.macro.to_dict()),
                         dataset=dataset)
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        if trained and trained.get("epoch") is not None:
+            metadata["epoch"] = str(trained["epoch"])
+        if trained and trained.get("epochs") is not None:
+            metadata["train"] = json.dumps({"epochs": trained["epochs"]})
+    write_weights(path, tensors, metadata)
     write_json(path.with_suffix(".json"), architecture)
     return {**architecture, "file_bytes": path.stat().st_size}
 
 
 def load_exported(path: str | os.PathLike) -> SNN:
     """Rebuild the network ``export_safetensors`` wrote (the ``.json`` or the ``.safetensors`` path)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     spec_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     try:
-        spec = read_json(spec_path)
+        spec = read_json_object(spec_path, ("format", "genotype", "macro", "folded"))
         if spec.get("format") != WEIGHTS_FORMAT:
             raise ExportError(f"{spec_path} is not a spikernel weights file (format {spec.get('format')!r})")
         model = build_model(Genotype.from_dict(spec["genotype"]), MacroConfig.from_dict(spec["macro"]))
-        tensors = load_file(str(weights_path))
-    except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as exc:
+        tensors, _ = read_weights(weights_path)
+    except OSError as exc:
         raise ExportError(f"cannot read exported network {path}: {exc}") from None
     if spec["folded"]:
         model = fold(model)
         for name in [k for k in tensors if k.endswith(".weight_scale")]:
             weight = name.removesuffix("_scale")
+            if weight not in tensors:
+                raise ExportError(f"{weights_path} has {name} but no {weight}")
             codes = tensors.pop(weight).float()
             tensors[weight] = codes * tensors.pop(name).view(-1, *[1] * (codes.dim() - 1))
         tensors = {k: v.float() for k, v in tensors.items()}
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ExportError(f"{weights_path} does not match its architecture: {str(exc).splitlines()[0]}") from None
+    load_state(model, tensors, weights_path)
     return model.eval()

@@ -21,6 +21,7 @@ already scored in the study reuses that score.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -323,6 +324,12 @@ def redact(url: str) -> str:
         return url
 
 
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite file at ``path``, any character escaped (``?``, ``%``, ``#``)."""
+    return sqlalchemy.engine.URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(
+        hide_password=False)
+
+
 def open_storage(url: str | None, heartbeat: int | None = 10, attempts: int = 3) -> optuna.storages.BaseStorage:
     """An Optuna storage: in memory for ``None``, else any RDB URL (SQLite, PostgreSQL, MySQL)."""
     if url is None:
@@ -341,11 +348,46 @@ def open_storage(url: str | None, heartbeat: int | None = 10, attempts: int = 3)
             # Workers starting together on a new database race to create Optuna's tables; the
             # loser's error goes away on a second try. A refused connection stays refused.
             if attempt == attempts:
-                raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc.orig or exc)}") from None
+                raise StorageError(f"cannot open storage {storage_name(url)}: {_first_line(exc.orig or exc)}") from None
             time.sleep(0.5 * attempt)
         except Exception as exc:  # a malformed URL or a missing driver: no point retrying
             hint = " (PostgreSQL needs pip install 'spikernel[postgres]')" if isinstance(exc, ImportError) else ""
-            raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}{hint}") from None
+            raise StorageError(f"cannot open storage {storage_name(url)}: {_first_line(exc)}{hint}") from None
+
+
+def storage_name(url: str) -> str:
+    """A SQLite URL's file path as the user gave it; other URLs without their password."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # not a URL at all: say it as given, less any password
+        return redact(url)
+    return parsed.database if parsed.drivername.startswith("sqlite") and parsed.database else redact(url)
+
+
+def storage_errors(search: Callable) -> Callable:
+    """``search`` with its study storage failing mid-way (a full disk, a read-only database, a lost
+    server) as one ``StorageError`` line naming the storage; what was committed before stays, and
+    a rerun resumes from it. ``search`` takes ``out`` and ``storage`` as keywords."""
+
+    @functools.wraps(search)
+    def guarded(*args, **kwargs):
+        try:
+            return search(*args, **kwargs)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            url, out = kwargs.get("storage"), kwargs.get("out")
+            where = storage_name(url) if url else Path(out) / "study.db" if out is not None else "the in-memory study"
+            raise StorageError(f"cannot write {where}: {_first_line(_root_cause(exc))}") from None
+
+    return guarded
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The driver's own error (sqlite3's 'database or disk is full') under Optuna's and SQLAlchemy's wrappers."""
+    while True:
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if inner is None or inner is exc:
+            return exc
+        exc = inner
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,9 +15,10 @@ from pathlib import Path
 from spikernel.data.datasets import Dataset, load_dataset
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent, emit
+from spikernel.files import make_dir
 from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
-                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, time_report, top_k,
-                                  write_outputs)
+                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, sqlite_url,
+                                  storage_errors, time_report, top_k, write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
 from spikernel.nn.footprint import Budget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
@@ -71,6 +72,7 @@ def as_budget(budget: Budget | str | None, bits: int) -> Budget | None:
     return None if budget.strip().lower() == "none" else Budget.parse(budget, bits)
 
 
+@storage_errors
 def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Dataset | str, *, candidates: int = 1000,
            budget: Budget | str | None = None, bits: int = 32, cell: str = "backward", batch: int = 256,
            repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
@@ -108,8 +110,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     out = Path(out) if out is not None else None
     in_folder = storage is None and out is not None  # saved as a relative name: no machine path in search.json
     if in_folder:
-        out.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{out.resolve() / 'study.db'}"
+        make_dir(out)
+        storage = sqlite_url(out / "study.db")
     store = open_storage(storage, heartbeat)
     optuna_study = open_study(spec, store, study)
 

@@ -5,10 +5,12 @@ No network is built, so a search knows every candidate's cost before scoring it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 
 from spikernel.errors import ConfigError
-from spikernel.nn.macro import MacroConfig
+from spikernel.nn.macro import MacroConfig, warn_oversized_kernels
 from spikernel.space.genotype import Genotype, kernel_of
 
 BIT_WIDTHS = (32, 16, 8, 4)
@@ -58,6 +60,7 @@ def _cell(genotype: Genotype, channels: int, size: int) -> tuple[int, int, int, 
 
 
 def footprint(genotype: Genotype, macro: MacroConfig) -> Footprint:
+    warn_oversized_kernels(genotype.kernels, macro)
     c, m = macro.width, macro
     s1, s2 = m.cell1_size, m.cell2_size
     cell1 = _cell(genotype, c, s1)
@@ -90,6 +93,10 @@ def min_footprint(macro: MacroConfig) -> Footprint:
 
 _PARAM_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 _BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+# A plain decimal number, then a unit: no signs, exponents (1e3), inf or nan, so "1e3" cannot be misread.
+_BUDGET = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>[KMG]?|[KMG]I?B|B)")
+BUDGET_FORMS = ("a parameter count (300000, 500K, 1.5M; K/M/G = 10^3/10^6/10^9) or bytes at the bit width "
+                "(800KB, 8MB, 2MiB; KiB/MiB/GiB = 2^10/2^20/2^30)")
 
 
 @dataclass(frozen=True)
@@ -102,21 +109,17 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str, bits: int = 32) -> Budget:
+        """``BUDGET_FORMS``; anything else, or a limit below one, is a ``ConfigError``."""
         check_bits(bits)
-        raw = text.strip().upper().replace(" ", "")
-        number = raw.rstrip("KMGIB")
-        suffix = raw[len(number):]
-        try:
-            value = float(number)
-        except ValueError:
-            value = -1.0
-        if value <= 0 or (suffix not in _PARAM_UNITS and suffix not in _BYTE_UNITS):
-            raise ConfigError(
-                f"malformed budget {text!r}: use a parameter count like 500K or 10M, or bytes like 800KB or 8MB"
-            )
-        if suffix in _PARAM_UNITS:
-            return cls(int(value * _PARAM_UNITS[suffix]), "params", bits)
-        return cls(int(value * _BYTE_UNITS[suffix]), "bytes", bits)
+        found = _BUDGET.fullmatch(str(text).strip().upper().replace(" ", ""))
+        if found is None:
+            raise ConfigError(f"malformed budget {text!r}: give {BUDGET_FORMS}")
+        number, unit = Decimal(found["number"]), found["unit"]
+        limit = int(number * (_PARAM_UNITS[unit] if unit in _PARAM_UNITS else _BYTE_UNITS[unit]))
+        if limit < 1:
+            raise ConfigError(f"malformed budget {text!r}: it is below one "
+                              f"{'parameter' if unit in _PARAM_UNITS else 'byte'}")
+        return cls(limit, "params" if unit in _PARAM_UNITS else "bytes", bits)
 
     def cost(self, fp: Footprint) -> int:
         return fp.params if self.unit == "params" else fp.bytes(self.bits)

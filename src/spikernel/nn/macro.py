@@ -6,9 +6,10 @@ Kept apart from the modules that build networks so that option parsing, footprin
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
-from spikernel.errors import ConfigError
+from spikernel.errors import ConfigError, SpikernelWarning
 
 TAU = 4.0 / 3.0  # v <- v + (x - v) / tau: the membrane keeps 25% per step
 THRESHOLD = 1.0
@@ -75,11 +76,16 @@ class MacroConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> MacroConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"macro settings must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown macro settings: {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a setting of the wrong type (a string where a number belongs)
+            raise ConfigError(f"malformed macro settings: {exc}") from None
 
 
 # --------------------------------------------------------------------------- presets
@@ -128,3 +134,21 @@ def get_preset(name: str, **overrides) -> MacroConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+
+
+# --------------------------------------------------------------------------- kernels vs feature maps
+
+
+def oversized_kernels(kernels, macro: MacroConfig) -> list[int]:
+    """Kernel sizes larger than cell 2's feature map (the smaller of the two cells' maps)."""
+    return sorted(k for k in set(kernels) if k > macro.cell2_size)
+
+
+def warn_oversized_kernels(kernels, macro: MacroConfig) -> None:
+    """A ``SpikernelWarning`` per kernel size larger than a feature map it is applied to (legal:
+    a letter code like ``a`` = 15x15 may be meant, or be a slip)."""
+    for k in oversized_kernels(kernels, macro):
+        s1, s2 = macro.cell1_size, macro.cell2_size
+        where = f"both cells' feature maps ({s1}x{s1}, {s2}x{s2})" if k > s1 else f"cell 2's {s2}x{s2} feature map"
+        warnings.warn(SpikernelWarning(f"{k}x{k} kernels are larger than {where}: every window reaches into the "
+                                       "zero padding, so their extra parameters buy little"), stacklevel=3)

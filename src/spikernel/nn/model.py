@@ -16,7 +16,7 @@ from torch import nn
 from spikernel.errors import GenotypeError
 from spikernel.nn.layers import TimestepBatchNorm2d
 from spikernel.nn.macro import (DATASET_PRESETS, PRESET_NOTES, PRESETS, MacroConfig, default_preset,  # noqa: F401
-                                get_preset, register_preset)
+                                get_preset, oversized_kernels, register_preset, warn_oversized_kernels)
 from spikernel.nn.neuron import is_lif, lif
 from spikernel.space.genotype import AVGPOOL, INPUT, NODES, OUTPUT, SKIP, Genotype, kernel_of
 
@@ -43,9 +43,7 @@ class Cell(nn.Module):
 
     def __init__(self, genotype: Genotype, channels: int, macro: MacroConfig):
         super().__init__()
-        self.genotype = genotype = genotype.pruned()
-        if not genotype.is_connected:
-            raise GenotypeError(f"genotype {genotype}: the cell output (node 3) is not connected to its input")
+        self.genotype = genotype = genotype.pruned()  # connected: every Genotype is (see Genotype)
         self.forward_edges = [(i, j) for i, j, _ in genotype.forward_edges]
         self.backward_edges = [(j, i) for j, i, _ in genotype.backward_edges]
         # Per node, in edge order: the nodes feeding it forward, and the nodes it carries into.
@@ -117,6 +115,7 @@ class SNN(nn.Module):
 
     def __init__(self, genotype: Genotype, macro: MacroConfig):
         super().__init__()
+        warn_oversized_kernels(genotype.kernels, macro)
         self.genotype, self.macro = genotype.pruned(), macro
         c, m = macro.width, macro
         self.stem = nn.Sequential(

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from spikernel.data.datasets import load_dataset
-from spikernel.errors import ConfigError, SpikernelError
+from spikernel.errors import ConfigError, FileFormatError, SpikernelError
 from spikernel.events import OnEvent, emit
 from spikernel.nas.engine import check_budget_reachable
 from spikernel.nas.run import search
@@ -29,58 +29,15 @@ from spikernel.training.loop import TrainConfig
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train
 from spikernel.selection.report import KernelSetResult, Study
+from spikernel.selection.settings import RUN_DEFAULTS, ExploreSettings  # noqa: F401  (re-exported)
 from spikernel.space.genotype import KernelSet
-from spikernel.files import read_json, write_json
+from spikernel.files import make_dir, read_json, write_json
 
 SETTINGS_FILE = "explore.json"
 
 
 class StudyMismatch(SpikernelError):
     pass
-
-
-@dataclass(frozen=True)
-class ExploreSettings:
-    kernel_sets: tuple[str, ...] = ("1x1_3x3", "1x1_5x5", "1x1_7x7")
-    dataset: str = "fashion-mnist-mini"
-    preset: str = "fmnist-small"
-    cell: str = "backward"
-    candidates: int = 100
-    budget: str | None = None
-    bits: int = 32
-    top_k: int = 3
-    epochs: int = 3
-    recipe: str = "fast"
-    score_batch: int = 64
-    repeats: int = 2
-    train_batch: int = 64
-    limit_train: int | None = None
-    timesteps: int | None = None
-    seed: int = 0
-    ablation: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        names = [KernelSet.parse(k).name for k in self.kernel_sets]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"kernel set listed twice: {', '.join(duplicates)}")
-        if not names:
-            raise ConfigError("give at least one kernel set")
-        object.__setattr__(self, "kernel_sets", tuple(names))
-        object.__setattr__(self, "ablation", tuple(sorted(set(self.ablation) or self.default_ablation())))
-        if self.budget:
-            Budget.parse(self.budget, self.bits)  # fail early on a malformed budget
-
-    def default_ablation(self) -> tuple[int, ...]:
-        """SpiKernel's 1000 vs 2500 vs 5000 scaled to this search: a fifth, a half and all of it."""
-        return tuple(sorted({max(1, self.candidates // 5), max(1, self.candidates // 2), self.candidates}))
-
-    @property
-    def budget_limit(self) -> Budget | None:
-        return Budget.parse(self.budget, self.bits) if self.budget else None
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
 
 
 def slug(genotype: str) -> str:
@@ -134,7 +91,7 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     data = preflight(settings, data_dir)
     macro = macro_of(settings, data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     open_study(out, settings)
     for kernel_set in settings.kernel_sets:
         emit(on_event, "explore", message=f"search {kernel_set}")
@@ -160,14 +117,17 @@ def _number(text: str) -> float | int | None:
 
 
 def read_candidates(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
-            row[key] = _number(row.get(key, ""))
-        if row["score"] is not None and not math.isfinite(row["score"]):
-            row["score"] = None
-    return sorted(rows, key=lambda r: r["trial"])
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
+                row[key] = _number(row.get(key, ""))
+            if row["score"] is not None and not math.isfinite(row["score"]):
+                row["score"] = None
+        return sorted(rows, key=lambda r: r["trial"])
+    except (ValueError, TypeError, csv.Error) as exc:  # edited by hand, or not spikernel's
+        raise FileFormatError(f"{path} is not a candidates table spikernel wrote ({exc})") from None
 
 
 def load_study(out: Path) -> Study:

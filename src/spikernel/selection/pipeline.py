@@ -8,15 +8,11 @@ from pathlib import Path
 
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent
-from spikernel.selection.explore import ExploreSettings, explore, select, slug
+from spikernel.selection.explore import explore, select, slug
+from spikernel.selection.settings import RUN_DEFAULTS, ExploreSettings  # noqa: F401
 from spikernel.selection.report import write_report
 from spikernel.files import read_json, write_json
 
-# Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (8 min 16 s measured, idle).
-RUN_DEFAULTS = ExploreSettings(
-    kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=100, top_k=1, epochs=2, budget="300K",
-    preset="fmnist-small", timesteps=4, score_batch=64, repeats=2,
-)
 
 
 def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,

@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
+from spikernel.files import _atomic, make_dir, write_text  # noqa: E402
+
 FIGURE_FORMATS = ("png", "svg")
 ENERGY_NOTE = ("Operations and energy are per image of T timesteps, counted on the first test images after training "
                "(SOPs: accumulates driven by spikes; energy at the 45 nm figures, 0.9 pJ per accumulate and 4.6 pJ "
@@ -215,7 +217,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     paths = []
     for fmt in FIGURE_FORMATS:
         path = out / f"{name}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        _atomic(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"))
         paths.append(path)
     plt.close(fig)
     return paths
@@ -285,7 +287,7 @@ def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
 
 def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = None) -> dict:
     """Write report.md and the figures into ``out``; return the main table and what was written."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     figures = []
     if any(r.trained for r in study.results):
         figures += accuracy_memory_figure(study, out)
@@ -318,5 +320,5 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     ]
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
-    (out / "report.md").write_text("\n".join(parts))
+    write_text(out / "report.md", "\n".join(parts))
     return {"table": table, "figures": [str(p) for p in figures], "missing": study.missing}

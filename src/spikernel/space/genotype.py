@@ -152,6 +152,11 @@ class Genotype:
             if rows[i][j] and rows[j][i]:
                 raise GenotypeError(f"pair ({i},{j}) has both a forward and a backward edge")
         object.__setattr__(self, "matrix", rows)
+        # The one validity rule every command applies: a cell whose output never sees its input
+        # (all zeros, or only dead ends) computes nothing, so it is no cell at all.
+        if not self.is_connected:
+            raise GenotypeError(f"cell {self} is not connected: no path of edges leads from its input (node 0) "
+                                "to its output (node 3)")
 
     # ---- text and JSON forms
     @classmethod

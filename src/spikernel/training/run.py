@@ -27,8 +27,8 @@ from spikernel.nn.model import SNN, MacroConfig, default_preset, get_preset
 from spikernel.nn.energy import measure_dataset
 from spikernel.space.genotype import Genotype
 from spikernel.training import distributed
-from spikernel.training.checkpoint import (CHECKPOINT_FILE, RESULT_FILE, RUN_FILE, WEIGHTS_FILE, RunSpec, open_run,
-                                           save_model)
+from spikernel.training.checkpoint import (CHECKPOINT_FILE, RESULT_FILE, RUN_FILE, WEIGHTS_FILE, RunSpec,
+                                           checkpoint_epoch, open_run, save_model)
 from spikernel.training.loop import TrainConfig, fit, steps_per_epoch
 from spikernel.training.timebudget import epochs_within, time_one_epoch
 
@@ -79,7 +79,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
         history = _fit(model, data, config, device, out, world, on_event, on_epoch)
         result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command)
         if out is not None and world.is_main:
-            save_model(out / WEIGHTS_FILE, model, spec)
+            save_model(out / WEIGHTS_FILE, model, spec, epoch=len(history))
             write_json(out / RESULT_FILE, result)  # last: its presence marks a finished run
         return TrainResult(model, result, out, status)
     finally:
@@ -128,12 +128,11 @@ def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:
 
 
 def _fit(model, data, config: TrainConfig, device, out, world, on_event, on_epoch=None) -> list[dict]:
-    checkpoint = read_json(out / CHECKPOINT_FILE) if out is not None and (out / CHECKPOINT_FILE).exists() else None
-    done = checkpoint["epoch"] if checkpoint else 0
+    done = checkpoint_epoch(out) if out is not None else 0
+    for row in read_json(out / CHECKPOINT_FILE)["history"] if done and on_epoch else ():
+        on_epoch(row)  # the epochs a resumed run had finished, first
     if done and world.is_main:
         emit(on_event, "train", message=f"resuming {out} after epoch {done}")
-    for row in checkpoint["history"] if checkpoint and on_epoch else ():
-        on_epoch(row)
     images = min(config.limit_train or len(data.train), len(data.train))
     total = config.epochs * images
     clock = {"t": time.perf_counter(), "n": 0, "done": done * images, "last": ""}
