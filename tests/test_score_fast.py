@@ -220,27 +220,37 @@ def test_other_neurons_take_the_plain_path():
     assert score_model(net, batches) == score_model(net, batches, fast=False)
 
 
-def test_malloc_settings_apply_on_glibc():
+def test_malloc_settings_are_scoped(monkeypatch):
     import platform
 
-    from spikernel.heap import keep_freed_memory, release_freed_memory
+    import spikernel.heap as heap
 
+    monkeypatch.setattr(heap, "_chosen", False)
     glibc = platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory() == glibc
-    assert release_freed_memory() == glibc
+    calls = []
+    real = heap._set
+    monkeypatch.setattr(heap, "_set", lambda mmap, trim: calls.append((mmap, trim)) or real(mmap, trim))
+    with heap.kept_freed_memory(512) as changed:
+        with heap.kept_freed_memory(64) as inner:  # nested: the outer setting stays
+            pass
+    assert changed == glibc and not inner
+    assert calls[0] == (512 << 20, 2**31 - 1) and calls[-1] == (128 << 10, 128 << 10)  # glibc's start values after
+    assert heap.release_freed_memory() == glibc
 
 
 def test_an_earlier_malloc_choice_is_left_alone(monkeypatch):
     import spikernel.heap as heap
 
-    monkeypatch.setattr(heap, "_chosen", False)
     calls = []
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda mib: calls.append(mib))
-    heap.keep_freed_memory_by_default(512)
-    assert calls == [512]
+    monkeypatch.setattr(heap, "_set", lambda mmap, trim: calls.append(mmap) or True)
+    monkeypatch.setattr(heap, "_chosen", False)
+    with heap.kept_freed_memory(512):
+        pass
+    assert calls == [512 << 20, 128 << 10]
     heap.keep_glibc_defaults()  # e.g. a benchmark measuring glibc's own behaviour
-    heap.keep_freed_memory_by_default(512)
-    assert calls == [512]
+    with heap.kept_freed_memory(512) as changed:
+        pass
+    assert calls == [512 << 20, 128 << 10] and not changed
 
 
 def test_fast_scoring_lets_membranes_go_and_hands_free_memory_back(monkeypatch):

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from contextlib import contextmanager
 
 SCORING_KEPT_MIB = 512  # every activation and convolution buffer at CIFAR widths, batch 256
 TRAINING_KEPT_MIB = 64
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_chosen = False
+_GLIBC_START = 128 << 10  # both thresholds' documented start values (glibc then adapts the mmap one)
+_chosen = False  # a process-wide choice (keep_freed_memory / keep_glibc_defaults) wins over scoped ones
+_depth = 0
 
 
 @functools.cache
@@ -31,34 +34,46 @@ def _libc():
         return None
 
 
-def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
-    """Ask malloc to keep freed blocks up to ``max_block_mib`` for reuse (process-wide).
-
-    Larger blocks still come and go fresh. The scorer keeps up to ``SCORING_KEPT_MIB`` (at
-    CIFAR-100 widths with batch 256: 62 s per candidate instead of 74 at 64 MiB), training up
-    to ``TRAINING_KEPT_MIB``. The first call in a process decides (``keep_freed_memory_by_default``
-    leaves an earlier choice alone). Returns False off glibc.
-    """
-    global _chosen
-    _chosen = True
+def _set(mmap_threshold: int, trim_threshold: int) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    libc.mallopt(_M_MMAP_THRESHOLD, max_block_mib << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # the heap top shrinks only past 2 GiB free
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     return True
 
 
-def keep_freed_memory_by_default(max_block_mib: int = TRAINING_KEPT_MIB) -> None:
-    """``keep_freed_memory(max_block_mib)``, unless the process already chose a setting."""
-    if not _chosen:
-        keep_freed_memory(max_block_mib)
+def keep_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB) -> bool:
+    """Process-wide, for the rest of the process: keep freed blocks up to ``max_block_mib`` for
+    reuse (larger ones still come and go fresh) and let the heap top shrink only past 2 GiB free.
+    Scoped settings (``kept_freed_memory``) then leave malloc alone. Returns False off glibc."""
+    global _chosen
+    _chosen = True
+    return _set(max_block_mib << 20, 2**31 - 1)
 
 
 def keep_glibc_defaults() -> None:
     """Leave malloc as glibc sets it, and stop the scorer and trainer from changing it (benchmarks)."""
     global _chosen
     _chosen = True
+
+
+@contextmanager
+def kept_freed_memory(max_block_mib: int = TRAINING_KEPT_MIB):
+    """Within the block, malloc keeps freed blocks up to ``max_block_mib`` (what a scoring or a
+    training allocates again and again); after it, glibc's start values again. Nested blocks and a
+    process-wide choice are left as they are. The scorer keeps ``SCORING_KEPT_MIB`` (at CIFAR-100
+    widths with batch 256: 62 s per candidate instead of 74 at 64 MiB), training ``TRAINING_KEPT_MIB``.
+    Yields whether this block changed the setting."""
+    global _depth
+    scoped = not _chosen and _depth == 0 and _set(max_block_mib << 20, 2**31 - 1)
+    _depth += 1
+    try:
+        yield scoped
+    finally:
+        _depth -= 1
+        if scoped:
+            _set(_GLIBC_START, _GLIBC_START)
 
 
 def release_freed_memory() -> bool:

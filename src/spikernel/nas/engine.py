@@ -62,7 +62,6 @@ DIRECTIONS = ("forward", "backward")
 SETTINGS_ATTR, SLOT_ATTR, RECORD_ATTR = "spikernel", "slot", "candidate"
 CSV_FIELDS = ["trial", "genotype", "params", "footprint_bytes", "score", "seconds", "status"]
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials, not one log line each
 
 
 class StorageError(SpikernelError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from spikernel.data.datasets import Dataset, load_dataset
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent, emit
+from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory
 from spikernel.files import make_dir
 from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
                                   open_storage, open_study, outputs, pareto_front, redact, scoring_data, sqlite_url,
@@ -90,6 +91,9 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     """
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes as events, not one log line per trial
     started = time.perf_counter()
     data = as_dataset(data)
     kernel_set = KernelSet.parse(kernels) if isinstance(kernels, str) else kernels
@@ -119,7 +123,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed))
     engine.on_candidate = _progress(engine, candidates, started, on_event)
     emit(on_event, "search", done=len(engine.view().done()), total=candidates)
-    found = engine.run()
+    with kept_freed_memory(SCORING_KEPT_MIB):  # one setting for the whole search, not one per candidate
+        found = engine.run()
     emit(on_event, "search", done=len(found), total=candidates)
     second = None
     if fidelity:

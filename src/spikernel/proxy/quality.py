@@ -432,17 +432,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def plot_quality(report: dict, truth: GroundTruth, path: str | os.PathLike) -> None:
     """Left: Kendall tau per rule, overall and within size bins, with 95% intervals. Right: each
     proxy's rank against accuracy, coloured by parameter count."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend to choose, no global state
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    bars, scatter = fig.subplots(1, 2)
     _tau_bars(bars, report)
     _rank_scatter(scatter, truth, fig)
     fig.tight_layout()
     _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=130))
-    plt.close(fig)
 
 
 def _tau_bars(ax, report: dict) -> None:

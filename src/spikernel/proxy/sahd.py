@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from torch import nn
 
 from spikingjelly.activation_based import functional
 
-from spikernel.heap import SCORING_KEPT_MIB, keep_freed_memory_by_default, release_freed_memory
+from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory, release_freed_memory
 from spikernel.nn.model import SNN, Cell, build_model
 from spikernel.nn.neuron import is_lif
 from spikernel.space.genotype import NODES
@@ -467,10 +467,8 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     model.train()
-    if fast:
-        keep_freed_memory_by_default(SCORING_KEPT_MIB)
     scores = []
-    with torch.inference_mode():
+    with torch.inference_mode(), kept_freed_memory(SCORING_KEPT_MIB) if fast else nullcontext():
         for images in batches:
             scores.append(_score_batch(model, images, fast, chunk))
     if fast:  # the membranes go with the activations; the next candidate starts on an unfragmented peak

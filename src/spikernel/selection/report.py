@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no backend to choose, no global state
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from spikernel.files import _atomic, make_dir, write_text  # noqa: E402
@@ -200,7 +198,7 @@ def _cell(value, percent: bool = False) -> str:
 
 
 def _colours(study: Study) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     return {r.kernel_set: cmap(i % 10) for i, r in enumerate(study.results)}
 
 
@@ -219,13 +217,13 @@ def _save(fig, out: Path, name: str) -> list[Path]:
         path = out / f"{name}.{fmt}"
         _atomic(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"))
         paths.append(path)
-    plt.close(fig)
     return paths
 
 
 def accuracy_memory_figure(study: Study, out: Path) -> list[Path]:
     colours, cost = _colours(study), study.cost_key
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for r in study.results:
         if r.trained:
             ax.scatter([t[cost] for t in r.trained], [100 * t["test_acc"] for t in r.trained],
@@ -242,7 +240,8 @@ def accuracy_memory_figure(study: Study, out: Path) -> list[Path]:
 def energy_accuracy_figure(study: Study, out: Path) -> list[Path]:
     """Accuracy vs energy per inference of every trained network that has its operations counted."""
     colours = _colours(study)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for r in study.results:
         rows = [t for t in r.trained if _finite(t.get("energy_uj"))]
         if rows:
@@ -254,7 +253,8 @@ def energy_accuracy_figure(study: Study, out: Path) -> list[Path]:
 
 def score_accuracy_figure(study: Study, out: Path) -> list[Path]:
     colours = _colours(study)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for r in study.results:
         tau, rho, n = rank_agreement(r.trained)
         rows = [t for t in r.trained if _finite(t.get("score"))]
@@ -268,7 +268,8 @@ def score_accuracy_figure(study: Study, out: Path) -> list[Path]:
 def search_space_figure(study: Study, out: Path) -> list[Path]:
     """Every scored candidate: score vs parameters, per kernel set (no training needed)."""
     colours = _colours(study)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     for r in study.results:
         rows = r.scored
         if rows:
@@ -278,7 +279,8 @@ def search_space_figure(study: Study, out: Path) -> list[Path]:
 
 
 def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     for name in dict.fromkeys(r["kernel set"] for r in rows):
         mine = [r for r in rows if r["kernel set"] == name]
         ax.plot([r["candidates"] for r in mine], [r["search time (s)"] for r in mine], marker="o", label=name)

@@ -28,7 +28,7 @@ from spikernel.training.distributed import SINGLE, World, wrap
 from spikernel.errors import ConfigError, SpikernelError
 from spikernel.nn.fused import fused_neurons
 from spikernel.nn.neuron import is_lif
-from spikernel.heap import keep_freed_memory_by_default
+from spikernel.heap import kept_freed_memory
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -403,9 +403,8 @@ def training_step_model(model: nn.Module, config: TrainConfig, device: torch.dev
 
     The fused LIFs are swapped back out when the block ends; the weights are ``model``'s throughout.
     """
-    if device.type == "cpu":
-        keep_freed_memory_by_default()  # activations are reused instead of page-faulted in afresh every step
-    with fused_neurons(model, config.fused_lif):
+    # on a CPU, activations are reused instead of page-faulted in afresh every step
+    with kept_freed_memory() if device.type == "cpu" else nullcontext(), fused_neurons(model, config.fused_lif):
         step_model = wrap(model, world, device)
         yield torch.compile(step_model) if config.compile else step_model
 
