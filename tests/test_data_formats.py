@@ -1,10 +1,8 @@
 """Dataset readers on small files written here in each publisher's real format, and their bad-input errors."""
 
-import gzip
 import hashlib
 import os
 import pickle
-import struct
 import tarfile
 
 import numpy as np
@@ -12,10 +10,10 @@ import pytest
 import torch
 
 from spikernel.data import datasets as data_module
-from spikernel.data.datasets import DOWNLOADS, IDX_FILES, Remote, augment, load_dataset
+from spikernel.data.datasets import DOWNLOADS, Remote, augment, load_dataset
 from spikernel.errors import DatasetError
 
-from helpers import write_fashion_mnist, write_idx
+from helpers import write_fashion_mnist
 
 
 def _cifar_images(n: int, seed: int) -> np.ndarray:

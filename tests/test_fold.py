@@ -6,8 +6,6 @@ from torch import nn
 
 from spikernel.deploy.export import model_spikes
 from spikernel.deploy.fold import ChannelAffine, fold, is_folded
-from spikernel.nn.model import build_model
-
 from helpers import trained_like
 
 CELLS = ["0303 0030 2002 0200", "0302 0030 3003 0000", "0142 0005 0000 0000"]  # backward x2, forward

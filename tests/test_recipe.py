@@ -59,7 +59,7 @@ def budget_run(data, out, monkeypatch, stop_after=None):
     monkeypatch.setattr(run_module, "time_one_epoch", lambda *a, **k: calls.append(1) or 40.0)
 
     def on_event(event):
-        if stop_after is not None and event.info.startswith(f"test") and event.done == stop_after * 128:
+        if stop_after is not None and event.info.startswith("test") and event.done == stop_after * 128:
             raise KeyboardInterrupt
 
     config = recipe("fast", time_budget=100, limit_train=128, batch_size=32, epochs=1)

@@ -19,10 +19,10 @@ from .options import BITS, download_option
 def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download: bool):
     """The trained model, its spec, the dataset it is evaluated on (its own unless overridden) and how it was loaded."""
     from spikernel.data.datasets import load_dataset
-    from spikernel.training.checkpoint import load_trained
+    from spikernel.training.checkpoint import load_trained, resolve_run
 
-    loaded = load_trained(path)  # warns when the run is unfinished
-    model, spec, source = loaded.model, loaded.spec, loaded.source
+    loaded = load_trained(resolve_run(path))  # warns when the run is unfinished
+    model, spec = loaded.model, loaded.spec
     data = load_dataset(dataset_name or spec.dataset, data_dir, download)
     macro = MacroConfig.from_dict(spec.macro)
     shape = (data.in_channels, data.image_size, data.num_classes)
@@ -34,7 +34,7 @@ def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download
 
 @main.command()
 @click.option("--run", "path", type=click.Path(exists=True, path_type=Path), required=True,
-              help="A `spikernel train` run folder or a model .safetensors file.")
+              help="A `spikernel train` folder, a `spikernel run` folder or a model .safetensors file (as export takes).")
 @click.option("--dataset", type=click.Choice(sorted(DATASET_NAMES)), help="Evaluate on another dataset of the same shape.")
 @click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files.")
 @download_option

@@ -36,8 +36,10 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--dataset", default=DEFAULT_DATASET, show_default=True),
         click.option("--data-dir", type=click.Path(), help="Directory with the dataset's files."),
         download_option,
-        click.option("--kernel-sets", "-k", default=",".join(_D.kernel_sets), show_default=True,
-                     help="Comma-separated kernel sets (presets like 1x1_3x3_5x5 or KxK_... names)."),
+        click.option("--kernels", "-k", multiple=True,
+                     help="One kernel set, as in every command (1x1_3x3_5x5 or 1,3,5); repeat for several "
+                          f"[{' '.join('-k ' + k for k in _D.kernel_sets)}]."),
+        click.option("--kernel-sets", help="The kernel sets as one comma-separated list of names (1x1_3x3,1x1_5x5)."),
         click.option("--candidates", "-n", type=click.IntRange(min=1), default=_D.candidates, show_default=True,
                      help="Cells searched per kernel set."),
         click.option("--budget", default=_D.budget, show_default=True, help=BUDGET_HELP + " 'none': no limit."),
@@ -56,6 +58,9 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--timesteps", "-T", type=click.IntRange(min=1), default=_D.timesteps,
                      show_default=_D.timesteps is not None, help="Override the preset's timesteps T."),
         click.option("--seed", type=int, default=_D.seed, show_default=True),
+        click.option("--fidelity", default=_D.fidelity,
+                     help="Multi-fidelity search, as in `spikernel search` (e.g. fast or batch=16,repeats=1,top=0.02)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--threads", type=int, default=None,
                      help="CPU threads [the cores other processes leave idle, at least 1]."),
         click.option("--ablation", callback=_int_list,
@@ -70,12 +75,17 @@ def explore_options(defaults: ExploreSettings = _D):
     return decorate
 
 
-def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
+def settings_from(options: dict) -> tuple[ExploreSettings, str | None, str]:
     """The settings, and the data directory (the dataset fetched into it first with --download)."""
     options = dict(options)
     apply_threads(options.pop("threads"))
+    device = options.pop("device")
     data_dir, download = options.pop("data_dir"), options.pop("download")
-    kernel_sets = tuple(k.strip() for k in options.pop("kernel_sets").split(",") if k.strip())
+    kernels, listed = options.pop("kernels"), options.pop("kernel_sets")
+    if kernels and listed:
+        raise click.UsageError("give the kernel sets with -k (repeated) or --kernel-sets, not both")
+    kernel_sets = kernels or (tuple(k.strip() for k in listed.split(",") if k.strip()) if listed is not None
+                              else ExploreSettings().kernel_sets)
     budget = options.pop("budget")
     settings = ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
                                budget=None if budget is None or budget.lower() == "none" else budget, **options)
@@ -83,7 +93,7 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None]:
         from spikernel.data.datasets import load_dataset
 
         load_dataset(settings.dataset, data_dir, download_missing=True)
-    return settings, data_dir
+    return settings, data_dir, device
 
 
 @main.command("explore")
@@ -93,9 +103,9 @@ def explore_command(out, **options):
     """Per kernel set: search, train the top-K under the budget, evaluate; one resumable study folder."""
     from spikernel.selection.explore import explore
 
-    settings, data_dir = settings_from(options)
+    settings, data_dir, device = settings_from(options)
     with rendered_events() as on_event:
-        explore(settings, out, data_dir, on_event)
+        explore(settings, out, data_dir, on_event, device=device)
     report_command.main([str(out)], standalone_mode=False)
 
 

@@ -22,10 +22,10 @@ def run(out, **options):
     """Explore three kernel sets, search each, train the best, pick the best under the budget, report."""
     from spikernel.selection.pipeline import run_job
 
-    settings, data_dir = settings_from(options)
+    settings, data_dir, device = settings_from(options)
     out = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     with rendered_events() as on_event:
-        selection, per_set = run_job(settings, out, data_dir, on_event)
+        selection, per_set = run_job(settings, out, data_dir, on_event, device=device)
     stdout().print(selection_table(selection, per_set))
     stdout().print(f"run folder: {out}  (report: {out / 'report' / 'report.md'})")
 

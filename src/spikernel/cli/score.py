@@ -47,7 +47,8 @@ def read_genotypes(path: Path) -> list[Genotype]:
 @click.option("--cell", type=CELL, help="Refuse cells that are not of this type.")
 @click.option("--proxy", default="sahd", show_default=True, help="The proxy reported as `score` (see --all).")
 @click.option("--all", "all_proxies", is_flag=True, help="Compute every known proxy.")
-@click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per scoring batch.")
+@click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Images per scoring batch, as in search.")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Scoring batches.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the scoring batches and weights.")
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per value of footprint_bytes.")

@@ -26,7 +26,8 @@ from .render import rendered_events, stdout
 @click.option("--budget", help=BUDGET_HELP)
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
 @click.option("--cell", type=CELL, default="backward", show_default=True)
-@click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per scoring batch.")
+@click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Images per scoring batch (the same option in explore, run and score).")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Scoring batches (averaged).")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the preset's timesteps T.")
 @click.option("--preset", "-p", type=PRESET, help="Macro-architecture preset [the dataset's: fmnist-small for fashion-mnist-mini, fmnist for fashion-mnist, ...].")

@@ -4,7 +4,6 @@ safetensors (``deploy.weights``) write it. The names below are importable from h
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from spikernel.deploy.nir import (NIR_DT, TARGETS, StepCell, StepGraph, check_expressible, check_finite,  # noqa: F401
                                   check_nir_file,
@@ -12,7 +11,6 @@ from spikernel.deploy.nir import (NIR_DT, TARGETS, StepCell, StepGraph, check_ex
                                   simulate_nir_spikingjelly, to_nir, write_nir)
 from spikernel.deploy.weights import WEIGHTS_FORMAT, export_safetensors, load_exported  # noqa: F401
 from spikernel.errors import ExportError
-from spikernel.files import read_json
 from spikernel.nn.model import SNN
 
 
@@ -23,18 +21,8 @@ def load_run(run: str | os.PathLike) -> tuple[SNN, dict]:
     ``spikernel run`` folder (the network its selection chose) or a weights file; "epoch" and
     "epochs" say how far its training got (a warning is issued when it is unfinished).
     """
-    from spikernel.training.checkpoint import RUN_FILE, load_trained
+    from spikernel.training.checkpoint import load_trained, resolve_run
 
-    run = Path(run)
-    if not run.exists():
-        raise ExportError(f"run {run} does not exist")
-    if run.is_dir() and not (run / RUN_FILE).exists() and (run / "selection.json").is_file():
-        selection = read_json(run / "selection.json")
-        if "run" not in selection:
-            raise ExportError(f"{run}/selection.json names no trained run")
-        run = run / selection["run"]
-    if run.is_dir() and not (run / RUN_FILE).exists():
-        raise ExportError(f"{run} is not a training run (no {RUN_FILE}): train one with spikernel train --out")
-    loaded = load_trained(run)  # a folder with no finished epoch: "has no weights yet"; unfinished: a warning
+    loaded = load_trained(resolve_run(run))  # a folder with no finished epoch: "has no weights yet"; unfinished: a warning
     return loaded.model.eval(), {"dataset": loaded.spec.dataset, "source": loaded.source,
                                  "genotype": loaded.spec.genotype, "epoch": loaded.epoch, "epochs": loaded.epochs}

@@ -13,7 +13,7 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from spikernel.errors import GenotypeError
+from spikernel.errors import GenotypeError  # noqa: F401  (raised by Cell, re-exported)
 from spikernel.nn.layers import TimestepBatchNorm2d
 from spikernel.nn.macro import (DATASET_PRESETS, PRESET_NOTES, PRESETS, MacroConfig, default_preset,  # noqa: F401
                                 get_preset, oversized_kernels, register_preset, warn_oversized_kernels)

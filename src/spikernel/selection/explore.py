@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError, FileFormatError, SpikernelError
@@ -30,7 +30,6 @@ from spikernel.training.recipe import recipe
 from spikernel.training.run import train
 from spikernel.selection.report import KernelSetResult, Study
 from spikernel.selection.settings import RUN_DEFAULTS, ExploreSettings  # noqa: F401  (re-exported)
-from spikernel.space.genotype import KernelSet
 from spikernel.files import make_dir, read_json, write_json
 
 SETTINGS_FILE = "explore.json"
@@ -80,13 +79,17 @@ def train_config(settings: ExploreSettings) -> TrainConfig:
 
 def preflight(settings: ExploreSettings, data_dir: str | None):
     """Fail before the folder exists: unreadable dataset, or a budget no cell of the preset meets."""
+    if settings.fidelity:
+        from spikernel.nas.fidelity import Fidelity
+
+        Fidelity.parse(settings.fidelity)
     data = load_dataset(settings.dataset, data_dir)
     check_budget_reachable(settings.budget_limit, macro_of(settings, data))
     return data
 
 
 def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
-            on_event: OnEvent | None = None) -> Study:
+            on_event: OnEvent | None = None, device: str = "auto") -> Study:
     """Search every kernel set, then train each one's top-K under the budget; resumable."""
     data = preflight(settings, data_dir)
     macro = macro_of(settings, data)
@@ -98,11 +101,11 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
         found = search(kernel_set, macro, data, candidates=settings.candidates, budget=settings.budget,
                        bits=settings.bits, cell=settings.cell, batch=settings.score_batch, repeats=settings.repeats,
                        seed=settings.seed, top=max(settings.top_k, 10), out=out / kernel_set / "search",
-                       on_event=on_event)
+                       fidelity=settings.fidelity, device=device, on_event=on_event)
         for row in found.selection["top"][: settings.top_k]:
             emit(on_event, "explore", message=f"train {kernel_set} {row['genotype']}")
             train(row["genotype"], data, out=out / kernel_set / "train" / slug(row["genotype"]), macro=macro,
-                  config=train_config(settings), on_event=on_event)
+                  config=train_config(settings), device=device, on_event=on_event)
     return load_study(out)
 
 

@@ -16,13 +16,13 @@ from spikernel.files import read_json, write_json
 
 
 def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,
-            on_event: OnEvent | None = None) -> tuple[dict, list[dict]]:
+            on_event: OnEvent | None = None, device: str = "auto") -> tuple[dict, list[dict]]:
     """Explore, select under the budget, write the report and selection.json.
 
     Returns the selection and the report's per-kernel-set table.
     """
     started = time.perf_counter()
-    study = explore(settings, out, data_dir, on_event)
+    study = explore(settings, out, data_dir, on_event, device=device)
     chosen = select(study)
     if chosen is None:
         raise ConfigError(f"no trained network fits the budget {settings.budget}")

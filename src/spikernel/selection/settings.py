@@ -22,7 +22,8 @@ class ExploreSettings:
     top_k: int = 3
     epochs: int = 3
     recipe: str = "fast"
-    score_batch: int = 64
+    fidelity: str | None = None  # multi-fidelity search setting (nas.fidelity), e.g. "fast"
+    score_batch: int = 256  # the scoring batch of every command (the main job uses 64)
     repeats: int = 2
     train_batch: int = 64
     limit_train: int | None = None

@@ -368,6 +368,22 @@ def load_model(path: str | Path) -> tuple[SNN, RunSpec, str]:
     return loaded.model, loaded.spec, loaded.source
 
 
+def resolve_run(run: str | Path) -> Path:
+    """What ``--run`` names, as every command reads it: a ``spikernel train`` folder, a ``spikernel
+    run`` folder (the trained run its selection chose) or a weights file."""
+    run = Path(run)
+    if not run.exists():
+        raise CheckpointError(f"run {run} does not exist")
+    if run.is_dir() and not (run / RUN_FILE).exists() and (run / "selection.json").is_file():
+        selection = read_json(run / "selection.json")
+        if not isinstance(selection, dict) or "run" not in selection:
+            raise CheckpointError(f"{run}/selection.json names no trained run")
+        run = run / selection["run"]
+    if run.is_dir() and not (run / RUN_FILE).exists():
+        raise CheckpointError(f"{run} is not a training run (no {RUN_FILE}): train one with spikernel train --out")
+    return run
+
+
 def load_trained(path: str | Path) -> Loaded:
     """``load_model`` with the epoch the weights are from; warns (``SpikernelWarning``) when the run is unfinished."""
     path = Path(path)
