@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from spikingjelly.activation_based import neuron, surrogate
 
 from spikernel.nn.macro import TAU, THRESHOLD
@@ -24,3 +26,17 @@ def lif(tau: float = TAU, threshold: float = THRESHOLD) -> neuron.LIFNode:
 
 def is_lif(module) -> bool:
     return isinstance(module, neuron.LIFNode)
+
+
+@contextmanager
+def spikes_seen(model, on_spikes):
+    """Within the block, ``on_spikes(spikes)`` sees every LIF layer's output of every forward."""
+    def hook(_module, _inputs, spikes):
+        on_spikes(spikes)  # and return None: the hook must not replace the output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if is_lif(m)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

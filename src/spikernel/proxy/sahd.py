@@ -31,7 +31,7 @@ from spikingjelly.activation_based import functional
 
 from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory, release_freed_memory
 from spikernel.nn.model import SNN, Cell, build_model
-from spikernel.nn.neuron import is_lif
+from spikernel.nn.neuron import is_lif, spikes_seen
 from spikernel.space.genotype import NODES
 
 EPS = 1e-3
@@ -123,15 +123,8 @@ class KernelAccumulator:
 @contextmanager
 def recording(model: nn.Module, accumulator: KernelAccumulator):
     """Forward hooks on spikingjelly's own LIFs (the plain path, kept to cross-check the fast one)."""
-    def hook(_module, _inputs, spikes):
-        accumulator.add(spikes)  # returns None: the hook must not replace the output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if is_lif(m)]
-    try:
+    with spikes_seen(model, accumulator.add):
         yield accumulator
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # --------------------------------------------------------------------------- fast path

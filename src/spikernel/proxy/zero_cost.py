@@ -26,7 +26,7 @@ from spikingjelly.activation_based import functional, layer
 from spikernel.errors import ConfigError
 from spikernel.nn.footprint import footprint
 from spikernel.nn.model import SNN, MacroConfig, build_model, get_preset
-from spikernel.nn.neuron import is_lif
+from spikernel.nn.neuron import is_lif, spikes_seen
 from spikernel.proxy.sahd import score_model, spike_overlap
 from spikernel.space.genotype import Genotype
 
@@ -103,7 +103,7 @@ def binary_codes(model: nn.Module):
     """Collects, per forward, the Hamming kernel ``sum_l N_l - d_H`` of every LIF layer and step."""
     totals: list[torch.Tensor] = []
 
-    def hook(_module, _inputs, spikes):
+    def hook(spikes):
         codes = spikes.detach().flatten(2)  # [T, B, N]: each step's spike map is a binary code
         n = codes.shape[-1]
         overlap = spike_overlap(codes)  # c_i . c_j, exact integers
@@ -111,12 +111,8 @@ def binary_codes(model: nn.Module):
         # agreements c_i.c_j + (1 - c_i).(1 - c_j) = N - a_i - a_j + 2 c_i.c_j
         totals.append((n - counts.unsqueeze(-1) - counts.unsqueeze(-2) + 2 * overlap).sum(0))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if is_lif(m)]
-    try:
+    with spikes_seen(model, hook):
         yield totals
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def naswot_proxy(model: SNN, batches: Batches, labels: Labels = None) -> float:
