@@ -77,7 +77,7 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
 
         try:
             result = train(genotype, tuning, out=out / "runs" / genotype.replace(" ", "-"), macro=macro,
-                           config=config, device="cpu", on_epoch=report)
+                           config=config, device="cpu", on_epoch=report, on_event=on_event)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, result.test_acc)
         except _Pruned:

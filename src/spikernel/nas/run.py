@@ -91,6 +91,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     """
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
+    if refine > candidates:
+        raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes as events, not one log line per trial

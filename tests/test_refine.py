@@ -1,0 +1,76 @@
+"""Training-based refinement: validation split, successive halving, rungs recorded, resume, CLI errors."""
+
+import optuna
+import pytest
+
+from spikernel.data.datasets import load_dataset
+from spikernel.errors import ConfigError, DatasetError
+from spikernel.nas.refine import refine
+from spikernel.nas.run import search
+from spikernel.nn.model import get_preset
+
+from helpers import cli
+
+MACRO = get_preset("fmnist-tiny", timesteps=2)
+
+
+@pytest.fixture(scope="module")
+def found():
+    data = load_dataset("fashion-mnist-mini")
+    return data, search("1x1_3x3", MACRO, data, candidates=8, batch=8, repeats=1)
+
+
+def shortlist(found, k=4):
+    return found[1].top[:k]
+
+
+def run(found, out, on_event=None):
+    data, _ = found
+    return refine(shortlist(found), data, MACRO.for_data(data), out, epochs=2, validation=200, limit_train=64,
+                  on_event=on_event)
+
+
+def test_rungs_are_recorded_and_the_best_on_validation_comes_first(found, tmp_path):
+    rows = run(found, tmp_path / "r")
+    assert len(rows) == 4 and {r.state for r in rows} <= {"complete", "pruned"}
+    complete = [r for r in rows if r.state == "complete"]
+    assert complete and rows[0].state == "complete"
+    assert rows[0].val_acc == max(r.val_acc for r in complete)
+    study = optuna.load_study(study_name="refine", storage=f"sqlite:///{tmp_path / 'r' / 'refine.db'}")
+    assert sorted(len(t.intermediate_values) for t in study.trials) == sorted(r.epochs for r in rows)
+    assert all(r.rungs and max(r.rungs) == r.epochs for r in rows)
+
+
+def test_an_interrupted_refinement_resumes_to_the_same_outcome(found, tmp_path):
+    whole = run(found, tmp_path / "whole")
+    seen = []
+
+    def stop_in_the_second_candidate(event):
+        seen.append(event)
+        if event.stage == "train" and event.info.startswith("test") and len([e for e in seen if e.stage == "refine"]) >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(found, tmp_path / "cut", stop_in_the_second_candidate)
+    again = run(found, tmp_path / "cut")
+    drop_time = lambda rows: [{**r.__dict__, "seconds": None} for r in rows]  # noqa: E731
+    assert drop_time(again) == drop_time(whole)
+
+
+def test_nothing_to_refine_and_no_training_data_are_errors(found, tmp_path):
+    data, _ = found
+    with pytest.raises(ConfigError, match="nothing to refine"):
+        refine([], data, MACRO.for_data(data), tmp_path / "a")
+    with pytest.raises(DatasetError, match="leaves no training data"):
+        refine(shortlist(found, 1), data, MACRO.for_data(data), tmp_path / "b", validation=len(data.train))
+
+
+def test_refine_more_than_the_candidates_is_one_line(tmp_path):
+    code, _, err = cli("search", "-p", "fmnist-tiny", "-T", "2", "-n", "2", "--batch", "8", "--refine", "5",
+                       "--out", str(tmp_path / "s"))
+    assert code == 2 and err.startswith("error: refine 5 is more than the 2 candidates") and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+    code, _, err = cli("search", "-p", "fmnist-tiny", "-T", "2", "-n", "3", "--batch", "8", "--budget", "12K",
+                       "--refine", "3", "--out", str(tmp_path / "t"))  # the search runs; too few fit the budget
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: refine 3 is more than the") and err.count("error:") == 1
