@@ -285,3 +285,19 @@ def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
     assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err + stdout
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_growing_a_search_reuses_its_first_candidates(tmp_path):
+    out = tmp_path / "grow"
+    assert cli(*TINY, "-n", "3", "--out", str(out))[0] == 0
+    first = (out / "candidates.csv").read_text().splitlines()
+    db = f"sqlite:///{out / 'study.db'}"
+    scored = len(optuna.load_study(study_name="search", storage=db).get_trials())
+    code, _, err = cli(*TINY, "-n", "5", "--out", str(out))
+    assert code == 0, err
+    grown = (out / "candidates.csv").read_text().splitlines()
+    assert len(grown) == 6 and grown[:4] == first  # the same three slots, as they were
+    assert len(optuna.load_study(study_name="search", storage=db).get_trials()) == scored + 2  # only two new
+    code, _, err = cli(*TINY, "-n", "2", "--out", str(out))  # fewer: the first two slots of the study
+    assert code == 0, err
+    assert (out / "candidates.csv").read_text().splitlines() == first[:3]

@@ -423,6 +423,12 @@ def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str
     if have is None:  # an empty study nobody claimed (its creator died before saying what it is)
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return study
+    if {**have, "candidates": 0} == {**wanted, "candidates": 0}:
+        # A search of N is the first N slots of a larger one: a rerun with more candidates grows the
+        # study (slot k is the same cell either way), one with fewer reads its first slots.
+        if wanted["candidates"] > have["candidates"]:
+            study.set_user_attr(SETTINGS_ATTR, wanted)
+        return study
     if have != wanted:
         key, theirs, ours = _first_difference(have, wanted)
         raise StudyClashError(
