@@ -1,0 +1,137 @@
+"""Which training recipe converges fastest: arms side by side, several cells and seeds each.
+
+Every (arm, cell, seed) is one short training on the embedded Fashion-MNIST subset; each finished
+one is a line appended (and fsynced) to the results CSV, so the study resumes where it stopped and
+worker k of n takes every n-th training (one process per core). ``--summary`` prints per arm the
+mean test accuracy, its sd over seeds of the same cell (the noise floor), and a 95% confidence
+interval of the arm's difference to the baseline arm, paired by (cell, seed).
+
+    python benchmarks/recipe_study.py --worker 0 --workers 2 &
+    python benchmarks/recipe_study.py --worker 1 --workers 2 &
+    python benchmarks/recipe_study.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
+BASELINE = "snasnet"
+FAST = dict(recipe="fast")
+# name -> (recipe overrides, macro overrides)
+ARMS = {
+    "snasnet": ({"recipe": "snasnet"}, {}),
+    "fast": (FAST, {}),
+    "fast-lr2e-3": ({**FAST, "lr": 2e-3}, {}),
+    "fast-lr1e-2": ({**FAST, "lr": 1e-2}, {}),
+    "fast-no-smoothing": ({**FAST, "label_smoothing": 0.0}, {}),
+    "fast-dropout0.1": (FAST, {"dropout": 0.1}),
+    "fast-batch128": ({**FAST, "batch_size": 128, "lr": 7e-3}, {}),
+    "fast-T2": (FAST, {"timesteps": 2}),
+    "fast-no-augment": ({**FAST, "augment": False}, {}),
+}
+CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
+
+
+def plan(arms, cells, seeds) -> list[tuple[str, str, int]]:
+    return [(a, c, s) for s in range(seeds) for c in cells for a in arms]
+
+
+def done_keys(path: Path) -> set[tuple[str, str, int]]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {(r["arm"], r["genotype"], int(r["seed"])) for r in csv.DictReader(f)}
+
+
+def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int) -> dict:
+    from spikernel.data.datasets import load_dataset
+    from spikernel.nn.model import get_preset
+    from spikernel.training.recipe import recipe
+    from spikernel.training.run import train
+
+    settings, macro_overrides = ARMS[arm]
+    settings = dict(settings)
+    config = recipe(settings.pop("recipe"), epochs=epochs, seed=seed, **settings)
+    started = time.perf_counter()
+    result = train(genotype, load_dataset("fashion-mnist-mini"), macro=get_preset(preset, **macro_overrides),
+                   config=config, device="cpu")
+    history = result.result["history"]
+    return {"arm": arm, "genotype": genotype, "seed": seed, "preset": preset, "epochs": epochs,
+            "test_acc": round(result.test_acc, 5), "first_epoch_acc": round(history[0]["test_acc"], 5),
+            "params": result.result["params"], "seconds": round(time.perf_counter() - started, 1),
+            "settings": json.dumps({**ARMS[arm][0], **ARMS[arm][1]})}
+
+
+def append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def summary(path: Path) -> str:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    acc = {(r["arm"], r["genotype"], int(r["seed"])): 100 * float(r["test_acc"]) for r in rows}
+    lines = ["| arm | n | mean test acc (%) | sd over seeds, same cell (points) | diff to snasnet [95% CI] |",
+             "|---|---|---|---|---|"]
+    for arm in ARMS:
+        mine = {k[1:]: v for k, v in acc.items() if k[0] == arm}
+        if not mine:
+            continue
+        by_cell = {}
+        for (cell, _), v in mine.items():
+            by_cell.setdefault(cell, []).append(v)
+        sds = [statistics.stdev(v) for v in by_cell.values() if len(v) > 1]
+        paired = [v - acc[(BASELINE, *k)] for k, v in mine.items() if (BASELINE, *k) in acc]
+        ci = "—"
+        if len(paired) > 1 and arm != BASELINE:
+            draws = np.random.default_rng(0).choice(paired, (10000, len(paired))).mean(1)
+            ci = f"{np.mean(paired):+.2f} [{np.percentile(draws, 2.5):+.2f}, {np.percentile(draws, 97.5):+.2f}]"
+        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | "
+                     f"{statistics.fmean(sds):.2f} | {ci} |" if sds else
+                     f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | — | {ci} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--preset", default="fmnist-small")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.out))
+        return
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys(args.out)
+    for i, (arm, cell, seed) in enumerate(plan(args.arms.split(","), CELLS, args.seeds)):
+        if i % args.workers == args.worker and (arm, cell, seed) not in done:
+            row = train_one(arm, cell, seed, args.preset, args.epochs)
+            append(args.out, row)
+            print(json.dumps({k: row[k] for k in ("arm", "genotype", "seed", "test_acc", "seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
