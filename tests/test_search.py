@@ -301,3 +301,25 @@ def test_growing_a_search_reuses_its_first_candidates(tmp_path):
     code, _, err = cli(*TINY, "-n", "2", "--out", str(out))  # fewer: the first two slots of the study
     assert code == 0, err
     assert (out / "candidates.csv").read_text().splitlines() == first[:3]
+
+
+def test_a_neuron_state_budget_filters_before_scoring(tmp_path):
+    from spikernel.nn.footprint import StateBudget, footprint
+    from spikernel.nn.model import get_preset
+    from spikernel.space.genotype import Genotype
+
+    out = tmp_path / "state"
+    code, _, err = cli(*TINY, "-n", "8", "--state-budget", "30KB", "--state-bits", "8", "--out", str(out))
+    assert code == 0, err
+    macro = get_preset("fmnist-tiny")
+    budget = StateBudget.parse("30KB", 8)
+    rows = (out / "candidates.csv").read_text().splitlines()[1:]
+    statuses = {row.split(",")[1]: row.split(",")[-1] for row in rows}
+    for genotype, status in statuses.items():
+        state = footprint(Genotype.parse(genotype), macro).state_bytes(8)
+        assert (status == "over_budget") == (state > budget.limit), (genotype, state, status)
+    assert "over_budget" in statuses.values() and "scored" in statuses.values()
+    code, _, err = cli(*TINY, "-n", "2", "--state-budget", "100B", "--out", str(tmp_path / "none"))
+    assert code == 2 and "no candidate can meet the state budget" in err and not (tmp_path / "none").exists()
+    code, _, err = cli(*TINY, "-n", "2", "--state-budget", "10K", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "counted in bytes" in err and err.count("\n") == 1

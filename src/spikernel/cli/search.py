@@ -25,6 +25,8 @@ from .render import rendered_events, stdout
               help="Cells to sample (SpiKernel 1000, SNASNet 5000).")
 @click.option("--budget", help=BUDGET_HELP)
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
+@click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron.")
+@click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits].")
 @click.option("--cell", type=CELL, default="backward", show_default=True)
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch (the same option in explore, run and score).")
@@ -55,7 +57,7 @@ from .render import rendered_events, stdout
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, timesteps,
            preset, width, seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
-           refine_epochs, validation, threads):
+           refine_epochs, validation, state_budget, state_bits, threads):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
     from spikernel.data.datasets import load_dataset
     from spikernel.nas.run import search as run_search
@@ -68,7 +70,8 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,
                             study=study_name, heartbeat=heartbeat, top=top, compare_at=compare_at,
                             fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
-                            validation=validation, on_event=on_event)
+                            validation=validation, state_budget=state_budget,
+                            state_bits=int(state_bits) if state_bits else None, on_event=on_event)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 

@@ -51,7 +51,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from spikernel import __version__
 from spikernel.nas import SAMPLERS
 from spikernel.errors import ConfigError, SpikernelError
-from spikernel.nn.footprint import Budget, Footprint, footprint, min_footprint
+from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint
 from spikernel.nn.model import MacroConfig
 from spikernel.proxy.sahd import score_genotype, scoring_batches
 from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
@@ -101,6 +101,14 @@ def candidate_summary(c: Candidate, bits: int = 32) -> dict:
     if row["score"] is not None and not math.isfinite(row["score"]):
         row["score"] = None  # JSON has no -inf; the CSV keeps it
     return {**row, "cell": c.genotype.cell_type, "footprint": asdict(c.footprint)}
+
+
+def check_state_budget_reachable(budget: StateBudget | None, macro: MacroConfig) -> None:
+    """Fail before any scoring when even the smallest possible cell holds too much neuron state."""
+    smallest = min_footprint(macro)
+    if budget is not None and not budget.fits(smallest):
+        raise ConfigError(f"no candidate can meet the state budget of {budget}: the smallest possible network "
+                          f"holds {smallest.state_bytes(budget.bits):,} bytes ({smallest.lif_neurons:,} neurons)")
 
 
 def check_budget_reachable(budget: Budget | None, macro: MacroConfig) -> None:
@@ -252,6 +260,7 @@ class SearchSpec:
     seed: int = 0
     sampler: str = "random"
     scoring: dict = field(default_factory=dict, hash=False)
+    state_budget: StateBudget | None = None
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -281,6 +290,7 @@ class SearchSpec:
             "seed": self.seed,
             "sampler": self.sampler,
             "scoring": dict(self.scoring),
+            **({"state_budget": str(self.state_budget)} if self.state_budget else {}),  # absent: older studies match
         }
 
 
@@ -647,7 +657,7 @@ class Search:
         genotype = self._genotype(trial, slot)
         candidate = Candidate(slot, genotype, footprint(genotype, self.spec.macro))
         started = time.perf_counter()
-        if self.spec.budget is not None and not self.spec.budget.fits(candidate.footprint):
+        if any(b is not None and not b.fits(candidate.footprint) for b in (self.spec.budget, self.spec.state_budget)):
             candidate.status = OVER_BUDGET
         elif genotype.key in scores:
             candidate.score, candidate.status = scores[genotype.key], DUPLICATE
@@ -759,6 +769,7 @@ def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) 
     return {
         "budget": str(spec.budget) if spec.budget else None,
         "bits": spec.bits,
+        **({"state_budget": str(spec.state_budget)} if spec.state_budget else {}),
         "best": candidate_summary(best(candidates), spec.bits) if scored else None,
         "top": [candidate_summary(c, spec.bits) for c in top_k(candidates, top)],
         "pareto_front": [candidate_summary(c, spec.bits) for c in pareto_front(candidates)],

@@ -17,11 +17,11 @@ from spikernel.errors import ConfigError
 from spikernel.events import OnEvent, emit
 from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory
 from spikernel.files import make_dir
-from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, compare_prefix, make_scorer,
-                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, sqlite_url,
-                                  storage_errors, time_report, top_k, write_outputs)
+from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, check_state_budget_reachable,
+                                  compare_prefix, make_scorer, open_storage, open_study, outputs, pareto_front, redact,
+                                  scoring_data, sqlite_url, storage_errors, time_report, top_k, write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
-from spikernel.nn.footprint import Budget
+from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.space.genotype import KernelSet
 from spikernel.training.distributed import device_label, resolve_device
@@ -80,6 +80,7 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
            storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
            refine: int = 0, refine_epochs: int = 2, validation: int = 1000,
+           state_budget: StateBudget | str | None = None, state_bits: int | None = None,
            on_event: OnEvent | None = None) -> SearchResult:
     """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
 
@@ -103,7 +104,10 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
+    if isinstance(state_budget, str):
+        state_budget = StateBudget.parse(state_budget, state_bits or bits)
     check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
+    check_state_budget_reachable(state_budget, macro)
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
@@ -111,7 +115,7 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         scoring = {**scoring, "fidelity": fidelity.cheap}
     if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
         scoring = {**scoring, "device": device.type}
-    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring)
+    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring, state_budget)
 
     out = Path(out) if out is not None else None
     in_folder = storage is None and out is not None  # saved as a relative name: no machine path in search.json

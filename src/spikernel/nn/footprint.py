@@ -32,6 +32,11 @@ class Footprint:
         check_bits(bits)
         return (self.stored_values * bits + 7) // 8
 
+    def state_bytes(self, bits: int = 32) -> int:
+        """Neuron-state memory: one membrane potential per LIF neuron at ``bits``."""
+        check_bits(bits)
+        return (self.lif_neurons * bits + 7) // 8
+
     def to_dict(self) -> dict:
         return {
             **asdict(self),
@@ -131,3 +136,24 @@ class Budget:
         if self.unit == "params":
             return f"{self.limit:,} parameters"
         return f"{self.limit:,} bytes at {self.bits} bits"
+
+
+@dataclass(frozen=True)
+class StateBudget:
+    """A limit on neuron-state memory: bytes of membrane potentials at ``bits`` each (``50KB``)."""
+
+    limit: int
+    bits: int = 32
+
+    @classmethod
+    def parse(cls, text: str, bits: int = 32) -> StateBudget:
+        budget = Budget.parse(text, bits)
+        if budget.unit != "bytes":
+            raise ConfigError(f"malformed state budget {text!r}: neuron state is counted in bytes (50KB, 1MB)")
+        return cls(budget.limit, bits)
+
+    def fits(self, fp: Footprint) -> bool:
+        return fp.state_bytes(self.bits) <= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.limit:,} bytes of neuron state at {self.bits} bits"
