@@ -140,3 +140,15 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a spikernel weights file"):
         load_model(tmp_path / "w.safetensors")
+
+
+def test_a_run_remembers_its_data_dir(tmp_path, fmnist):
+    out = tmp_path / "run"
+    code, _, err = cli(*train_args(fmnist, out, 1, "--limit-train", "32"))
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["data_dir"] == str(fmnist)
+    code, stdout, err = cli("evaluate", "--run", out, "--json")  # no --data-dir: the run's own
+    assert code == 0, err
+    assert json.loads(stdout)["images"] == 32
+    code, _, err = cli("export", "--run", out, "--format", "nir", "--check-images", "4")
+    assert code == 0, err

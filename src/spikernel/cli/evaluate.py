@@ -21,6 +21,9 @@ def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download
     from spikernel.data.datasets import load_dataset
     from spikernel.training.checkpoint import load_trained, resolve_run
 
+    from spikernel.training.checkpoint import recorded_data_dir
+
+    data_dir = data_dir or (recorded_data_dir(path) if dataset_name is None else None)
     loaded = load_trained(resolve_run(path))  # warns when the run is unfinished
     model, spec = loaded.model, loaded.spec
     data = load_dataset(dataset_name or spec.dataset, data_dir, download)

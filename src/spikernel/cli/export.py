@@ -54,6 +54,9 @@ def export(run_dir, fmt, bits, out, target, check_images, data_dir, download):
         if bits != 32:
             raise ExportError("--bits applies to --format safetensors; a NIR graph holds float32 weights")
         out = out or folder / "network.nir"
+        from spikernel.training.checkpoint import recorded_data_dir
+
+        data_dir = data_dir or recorded_data_dir(run_dir)
         report = export_nir(model, out, sample_images(info["dataset"], check_images, data_dir, download), target or "generic",
                             metadata={"dataset": info["dataset"], "trained_epoch": info["epoch"],
                                       "planned_epochs": info["epochs"]})

@@ -82,7 +82,8 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
                     time_budget=time_budget)
     with rendered_events() as on_event:
         trained = run_train(genotype, data, out=out, macro=macro, config=config, device=device, resume=resume,
-                            command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event)
+                            command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event,
+                            data_dir=data_dir)
     if _is_main():
         stdout().print(result_table(trained.result))
         click.echo(f"run folder: {out}", err=True)

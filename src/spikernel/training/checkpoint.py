@@ -384,6 +384,14 @@ def resolve_run(run: str | Path) -> Path:
     return run
 
 
+def recorded_data_dir(run: str | Path) -> str | None:
+    """The ``--data-dir`` a run was trained with (kept in its run.json), if any."""
+    run = resolve_run(run)
+    path = run / RUN_FILE if run.is_dir() else None
+    data_dir = read_json(path).get("data_dir") if path is not None and path.exists() else None
+    return data_dir if isinstance(data_dir, str) else None
+
+
 def load_trained(path: str | Path) -> Loaded:
     """``load_model`` with the epoch the weights are from; warns (``SpikernelWarning``) when the run is unfinished."""
     path = Path(path)

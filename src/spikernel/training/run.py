@@ -50,13 +50,15 @@ class TrainResult:
 def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Path | None = None,
           macro: MacroConfig | str | None = None, config: TrainConfig | None = None, device: str = "auto",
           resume: bool = False, command: str | None = None, on_event: OnEvent | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, data_dir: str | None = None) -> TrainResult:
     """Train a cell (or a built ``SNN``, from its current weights) on ``data`` and evaluate it.
 
     ``macro``: a preset name or settings (default: the dataset's preset), fitted to the data's
     shape. ``config``: the recipe, epochs and batch (``TrainConfig``). ``resume=True`` insists on a
     run to continue in ``out``; without it a rerun continues anyway. ``on_epoch`` receives each
     finished epoch's metrics row (also the rows a resumed run had already finished, first).
+    ``data_dir`` (where the dataset's files are, as the user gave it) is kept in run.json, so that
+    evaluating or exporting the run later finds the data without being told again.
     """
     config = config or TrainConfig()
     world, device = distributed.init(device)
@@ -73,6 +75,8 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
 
             emit(on_event, "train", message=f"{out} is already finished; its result is in {out / RESULT_FILE}")
             return TrainResult(load_model(out)[0], read_json(out / RESULT_FILE), out, status)
+        if out is not None and data_dir is not None and world.is_main:
+            write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), "data_dir": str(data_dir)})
         if config.time_budget is not None:
             config = _planned(config, model, data, device, out, world, on_event)
         started = time.perf_counter()
