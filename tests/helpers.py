@@ -2,10 +2,16 @@
 in their publishers' formats, trained-like networks, and spikingjelly's SNASNet as the reference."""
 
 import gzip
+import hashlib
+import os
 import struct
+import subprocess
 import types
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from spikingjelly.activation_based.model.snas_net import SNASNet
@@ -20,7 +26,7 @@ def cli(*args):
     """``spikernel ARGS`` in-process: (exit code, stdout, stderr)."""
     from spikernel.cli import main
 
-    result = CliRunner().invoke(main, list(args))
+    result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -82,3 +88,96 @@ def reference_snasnet(net, dataset: str) -> SNASNet:
     copy(ref.last_act, net.last[:2])
     copy(ref.classifier, net.head)
     return ref
+
+
+# --------------------------------------------------------------------------- bad input: checks
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (names relative), to prove a failed command left it alone."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_error(code: int, out: str, err: str, *fragments: str, alone: bool = True) -> str:
+    """Exit 2, exactly one ``error:`` line holding every fragment, no traceback. ``alone``: nothing
+    else on stderr (a command that failed mid-run has drawn its progress bar before)."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, (code, err)
+    assert len(errors) == 1, err
+    assert "Traceback" not in out + err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    if alone:
+        assert err.strip() == errors[0], err
+    return errors[0]
+
+
+def assert_no_temporaries(folder: Path) -> None:
+    assert not [p for p in folder.rglob(".*.tmp")], "an interrupted write left a temporary file"
+
+
+# --------------------------------------------------------------------------- small filesystems for fault tests
+# Mounting needs root; without it a read-only folder falls back to permissions (which root ignores),
+# and a full disk cannot be made, so the tests that need one skip.
+
+
+def _mount(path: Path, options: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextmanager
+def read_only_folder(path: Path):
+    """An empty folder nothing can be written into (a read-only tmpfs, else mode 0555 for non-root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if _mount(path, "ro,size=64k"):
+        try:
+            yield path
+        finally:
+            _unmount(path)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permissions and mounting a read-only tmpfs is not permitted here")
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
+
+
+def free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+@contextmanager
+def small_disk(path: Path, size: str = "2m"):
+    """A tmpfs of ``size`` at ``path``; skips the test where mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not _mount(path, f"size={size}"):
+        pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+    try:
+        yield path
+    finally:
+        _unmount(path)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Write a filler file so that about ``leave`` bytes stay free; returns it (delete it to free the space)."""
+    filler = disk / "filler"
+    chunk = b"\0" * (1 << 16)
+    with open(filler, "wb", buffering=0) as f:
+        remaining = max(0, free_bytes(disk) - leave)
+        try:
+            while remaining > 0:
+                remaining -= f.write(chunk[: min(len(chunk), remaining)])
+        except OSError:  # the disk is full: that is the point
+            pass
+    return filler

@@ -8,7 +8,6 @@ The trained, unfinished and searched folders are built once per module at tiny s
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -22,9 +21,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from spikernel.cli import main
 from spikernel.data.datasets import IDX_FILES
 from spikernel.deploy.export import ExportError, export_nir
 from spikernel.errors import WriteError
@@ -34,8 +31,8 @@ from spikernel.training.checkpoint import (CHECKPOINT_FILE, DIGEST_KEY, RUN_FILE
                                            write_weights)
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train as run_train
-from test_data_formats import write_fashion_mnist, write_idx
-from tmpfs import fill, read_only_folder, small_disk
+from helpers import (assert_no_temporaries, assert_one_error, cli, fill, read_only_folder, small_disk, snapshot,
+                     write_fashion_mnist, write_idx)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,35 +40,6 @@ GENOTYPE = "0303 0030 2002 0200"
 OTHER = "0302 0030 3003 0000"  # another backward cell: other tensors
 TINY = ["--preset", "fmnist-tiny", "-T", "2"]
 COMMANDS = ("info", "sample", "search", "explore", "run", "train", "evaluate", "export", "report")
-
-
-def cli(*args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` (names relative), to prove a failed command left it alone."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_error(code: int, out: str, err: str, *fragments: str, alone: bool = True) -> str:
-    """Exit 2, exactly one ``error:`` line holding every fragment, no traceback. ``alone``: nothing
-    else on stderr (a command that failed mid-run has drawn its progress bar before)."""
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, (code, err)
-    assert len(errors) == 1, err
-    assert "Traceback" not in out + err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    if alone:
-        assert err.strip() == errors[0], err
-    return errors[0]
-
-
-def assert_no_temporaries(folder: Path) -> None:
-    assert not [p for p in folder.rglob(".*.tmp")], "an interrupted write left a temporary file"
 
 
 # --------------------------------------------------------------------------- folders, built once

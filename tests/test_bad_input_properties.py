@@ -24,8 +24,10 @@ from spikernel.nas.engine import open_storage, sqlite_url
 from spikernel.nn.footprint import Budget, footprint
 from spikernel.nn.model import build_model, get_preset
 from spikernel.space.genotype import Genotype, KernelSet
-from test_bad_input import GENOTYPE, TINY, assert_one_error, cli, snapshot
-from test_data_formats import write_fashion_mnist
+from helpers import assert_one_error, cli, snapshot, write_fashion_mnist
+
+GENOTYPE = "0303 0030 2002 0200"
+TINY = ["--preset", "fmnist-tiny", "-T", "2"]
 
 settings.register_profile("ci", max_examples=40, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 import spikernel.cli.search as search_command
 import spikernel.cli.train as train_command
 from spikernel.training.checkpoint import CHECKPOINT_FILE, RESULT_FILE, WEIGHTS_FILE, read_checkpoint
-from test_bad_input import GENOTYPE, TINY, assert_no_temporaries, assert_one_error, cli, snapshot
-from test_data_formats import write_fashion_mnist
-from tmpfs import fill, small_disk
+from helpers import assert_no_temporaries, assert_one_error, cli, fill, small_disk, snapshot, write_fashion_mnist
+
+GENOTYPE = "0303 0030 2002 0200"
+TINY = ["--preset", "fmnist-tiny", "-T", "2"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -75,7 +75,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
 
             emit(on_event, "train", message=f"{out} is already finished; its result is in {out / RESULT_FILE}")
             return TrainResult(load_model(out)[0], read_json(out / RESULT_FILE), out, status)
-        if out is not None and data_dir is not None and world.is_main:
+        if status == "new" and out is not None and data_dir is not None and world.is_main:
             write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), "data_dir": str(data_dir)})
         if config.time_budget is not None:
             config = _planned(config, model, data, device, out, world, on_event)
