@@ -20,11 +20,6 @@ import click
 from spikernel.errors import SpikernelError, SpikernelWarning
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """The library's warnings (a silent LIF layer, a partly trained run) as one ``warning:`` line."""
-    click.echo(f"warning: {message}", err=True)
-
-
 class Group(click.Group):
     def main(self, *args, **kwargs):
         """Usage errors as one ``error:`` line too, not click's three-line block."""
@@ -38,7 +33,6 @@ class Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
-        warnings.showwarning = _one_line_warning
         try:
             with warning_lines():
                 return super().invoke(ctx)

@@ -3,20 +3,22 @@
 A LIF layer that almost never fires passes (almost) no gradient through its surrogate to what
 feeds it, and one that fires nearly always carries no information; both show in the first batches.
 An epoch that ends at chance accuracy is the other sign. Each finding is one ``HealthWarning``
-(a ``UserWarning``: the library warns, the CLI prints it as one line) naming the layer and a fix.
+(a ``SpikernelWarning``: the library warns, the CLI prints it as one line) naming the layer and a fix.
 """
 
 from __future__ import annotations
 
 import warnings
 
+from spikernel.errors import SpikernelWarning
+
 SILENT = 0.001  # spikes per neuron-step below this: the layer is silent
 SATURATED = 0.9  # and above this it fires nearly every step
 WATCHED_BATCHES = 3
 
 
-class HealthWarning(UserWarning):
-    pass
+class HealthWarning(SpikernelWarning):
+    """A training that will probably not learn; printed by the CLI as one ``warning:`` line."""
 
 
 def rate_findings(rates: dict[str, float]) -> list[str]:
@@ -39,7 +41,7 @@ def chance_finding(accuracy: float, classes: int, epoch: int) -> str | None:
     """Accuracy within 1.5x of chance after an epoch: the network has not started to learn."""
     if accuracy < 1.5 / classes:
         return (f"test accuracy {accuracy:.1%} after epoch {epoch} is at chance ({1 / classes:.0%}): "
-                "try --recipe fast, a higher --lr or more timesteps")
+                "train longer (more epochs or images), try a higher --lr or more timesteps")
     return None
 
 
