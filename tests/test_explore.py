@@ -117,3 +117,22 @@ def test_settings_round_trip():
     data = json.loads(json.dumps(TINY.to_dict()))
     assert ExploreSettings(**{**data, "kernel_sets": tuple(data["kernel_sets"]),
                               "ablation": tuple(data["ablation"])}) == TINY
+
+
+def test_seeds_give_each_set_an_interval_and_a_test(tmp_path):
+    from spikernel.selection.report import investigation_table
+
+    settings = ExploreSettings(**{**TINY.to_dict(), "kernel_sets": TINY.kernel_sets, "ablation": TINY.ablation,
+                                  "seeds": 2, "top_k": 1})
+    study = explore(settings, tmp_path / "seeds")
+    assert not study.missing and all(len(r.trained) == 2 for r in study.results)
+    assert {t["seed"] for r in study.results for t in r.trained} == {0, 1}
+    assert (tmp_path / "seeds" / "1x1_3x3" / "train").is_dir()
+    rows = investigation_table(study)
+    assert [r["trainings"] for r in rows] == [2, 2]
+    other = rows[1]
+    assert 0 < other["permutation p"] <= 1 and other["diff 95% CI"].startswith("[")
+    first = study.results[0].trained
+    assert rows[0]["mean (%)"] == pytest.approx(50 * (first[0]["test_acc"] + first[1]["test_acc"]))
+    chosen = select(study)
+    assert chosen.row["seeds"] == 2  # picked by the mean over its seeds

@@ -46,6 +46,8 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--bits", type=BITS, default="32", show_default=True),
         click.option("--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True,
                      help="Best-scoring cells trained per kernel set."),
+        click.option("--seeds", type=click.IntRange(min=1), default=_D.seeds, show_default=True,
+                     help="Trainings per cell (seeds seed, seed+1, ...): the report's intervals and tests need >= 2."),
         click.option("--epochs", "-e", type=click.IntRange(min=1), default=_D.epochs, show_default=True),
         click.option("--recipe", type=RECIPE, default=_D.recipe, show_default=True,
                      help="fast (AdamW, one-cycle, label smoothing) or snasnet (the paper's SGD + cosine)."),

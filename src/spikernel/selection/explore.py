@@ -28,7 +28,7 @@ from spikernel.nn.model import MacroConfig, get_preset
 from spikernel.training.loop import TrainConfig
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train
-from spikernel.selection.report import KernelSetResult, Study
+from spikernel.selection.report import KernelSetResult, Study, mean_over_seeds
 from spikernel.selection.settings import RUN_DEFAULTS, ExploreSettings  # noqa: F401  (re-exported)
 from spikernel.files import make_dir, read_json, write_json
 
@@ -72,9 +72,14 @@ def macro_of(settings: ExploreSettings, data) -> MacroConfig:
     return get_preset(settings.preset, timesteps=settings.timesteps).for_data(data)
 
 
-def train_config(settings: ExploreSettings) -> TrainConfig:
-    return recipe(settings.recipe, epochs=settings.epochs, batch_size=settings.train_batch, seed=settings.seed,
-                  limit_train=settings.limit_train)
+def train_config(settings: ExploreSettings, offset: int = 0) -> TrainConfig:
+    return recipe(settings.recipe, epochs=settings.epochs, batch_size=settings.train_batch,
+                  seed=settings.seed + offset, limit_train=settings.limit_train)
+
+
+def train_dir(out: Path, kernel_set: str, genotype: str, offset: int) -> Path:
+    """One run folder per (cell, seed); the first seed keeps the plain name."""
+    return out / kernel_set / "train" / (slug(genotype) + (f"-seed{offset}" if offset else ""))
 
 
 def preflight(settings: ExploreSettings, data_dir: str | None):
@@ -103,9 +108,10 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
                        seed=settings.seed, top=max(settings.top_k, 10), out=out / kernel_set / "search",
                        fidelity=settings.fidelity, device=device, on_event=on_event)
         for row in found.selection["top"][: settings.top_k]:
-            emit(on_event, "explore", message=f"train {kernel_set} {row['genotype']}")
-            train(row["genotype"], data, out=out / kernel_set / "train" / slug(row["genotype"]), macro=macro,
-                  config=train_config(settings), device=device, on_event=on_event)
+            for offset in range(settings.seeds):
+                emit(on_event, "explore", message=f"train {kernel_set} {row['genotype']} (seed {settings.seed + offset})")
+                train(row["genotype"], data, out=train_dir(out, kernel_set, row["genotype"], offset), macro=macro,
+                      config=train_config(settings, offset), device=device, on_event=on_event)
     return load_study(out)
 
 
@@ -149,13 +155,16 @@ def load_study(out: Path) -> Study:
             result.search_seconds = report.get("time", {}).get("scoring_seconds_total")
             top = read_json(search_dir / "selection.json")["top"][: settings.top_k]
             for row in top:
-                run = out / kernel_set / "train" / slug(row["genotype"]) / "result.json"
-                if run.exists():
-                    trained = read_json(run)
-                    result.trained.append({**{k: row[k] for k in ("genotype", "params", "footprint_bytes", "score")},
-                                           "test_acc": _test_accuracy(trained), **_energy(trained)})
-                else:
-                    missing.append(f"{kernel_set}: training of {row['genotype']} not finished")
+                for offset in range(settings.seeds):
+                    run = train_dir(out, kernel_set, row["genotype"], offset) / "result.json"
+                    if run.exists():
+                        trained = read_json(run)
+                        result.trained.append({**{k: row[k] for k in ("genotype", "params", "footprint_bytes", "score")},
+                                               "test_acc": _test_accuracy(trained), "seed": settings.seed + offset,
+                                               **_energy(trained)})
+                    else:
+                        missing.append(f"{kernel_set}: training of {row['genotype']} (seed {settings.seed + offset}) "
+                                       "not finished")
         else:
             missing.append(f"{kernel_set}: search not finished")
         results.append(result)
@@ -189,6 +198,6 @@ def select(study: Study, budget: str | None = None) -> Selection | None:
     else:
         parsed = Budget.parse(budget, study.settings.get("bits", 32))
         limit, key = parsed.limit, "footprint_bytes" if parsed.unit == "bytes" else "params"
-    picks = [Selection(r.kernel_set, row) for r in study.results for row in r.trained
+    picks = [Selection(r.kernel_set, row) for r in study.results for row in mean_over_seeds(r.trained)
              if limit is None or row[key] <= limit]
     return max(picks, key=lambda s: s.row["test_acc"], default=None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure  # figures without pyplot: no backend to choose, no global state
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
@@ -35,8 +36,18 @@ class KernelSetResult:
         return [c for c in self.candidates if _finite(c.get("score"))]
 
     def best_trained(self, limit: float | None = None, cost_key: str = "params") -> dict | None:
-        rows = [r for r in self.trained if limit is None or r[cost_key] <= limit]
+        """The cell with the best mean accuracy over its seeds, under the limit."""
+        rows = [r for r in mean_over_seeds(self.trained) if limit is None or r[cost_key] <= limit]
         return max(rows, key=lambda r: r["test_acc"], default=None)
+
+
+def mean_over_seeds(trained: list[dict]) -> list[dict]:
+    """One row per cell, its test accuracy the mean over the seeds it was trained with (and n)."""
+    cells: dict[str, list[dict]] = {}
+    for row in trained:
+        cells.setdefault(row["genotype"], []).append(row)
+    return [{**rows[0], "test_acc": sum(r["test_acc"] for r in rows) / len(rows), "seeds": len(rows)}
+            for rows in cells.values()]
 
 
 @dataclass
@@ -165,6 +176,37 @@ def ablation_table(study: Study, sizes: list[int]) -> list[dict]:
                 "pick": pick["genotype"] if pick else "-",
                 "pick accuracy": acc,
             })
+    return rows
+
+
+def investigation_table(study: Study, permutations: int = 10_000) -> list[dict]:
+    """Step 1 with its noise: per kernel set every trained accuracy (all top-K cells, all seeds),
+    mean, sd and a 95% t-interval; against the first set, the difference of means, a bootstrap 95%
+    interval of it and a two-sided permutation p-value (seeded, ``permutations`` draws)."""
+    from scipy import stats
+
+    samples = {r.kernel_set: [100 * t["test_acc"] for t in r.trained] for r in study.results if r.trained}
+    if not samples or max(len(v) for v in samples.values()) < 2:
+        return []
+    base_name, base = next(iter(samples.items()))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, acc in samples.items():
+        a = np.asarray(acc)
+        half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")
+        row = {"kernel set": name, "trainings": len(a), "mean (%)": a.mean(), "sd (points)": a.std(ddof=1) if len(a) > 1 else None,
+               "95% CI (%)": f"[{a.mean() - half:.2f}, {a.mean() + half:.2f}]" if len(a) > 1 else "-"}
+        if name != base_name:
+            b = np.asarray(base)
+            diff = a.mean() - b.mean()
+            boot = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(2000)]
+            pooled = np.concatenate([a, b])
+            perms = np.array([np.mean(p[:len(a)]) - np.mean(p[len(a):])
+                              for p in (rng.permutation(pooled) for _ in range(permutations))])
+            row.update({f"vs {base_name} (points)": diff,
+                        "diff 95% CI": f"[{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]",
+                        "permutation p": (np.sum(np.abs(perms) >= abs(diff)) + 1) / (permutations + 1)})
+        rows.append(row)
     return rows
 
 
@@ -304,6 +346,7 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     if ablation:
         figures += ablation_figure(ablation, out)
     table = main_table(study)
+    investigation = investigation_table(study)
     s = study.settings
     parts = [
         "# spikernel exploration report\n",
@@ -313,6 +356,10 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         "## Best network per kernel set\n", markdown(table),
         "![accuracy vs memory](accuracy_vs_memory.png)\n" if any(r.trained for r in study.results) else "",
         ENERGY_NOTE + "![accuracy vs energy](accuracy_vs_energy.png)\n" if has_energy else "",
+        *(["## Do larger kernels help? (kernel-size investigation)\n",
+            f"Every trained accuracy of each set's top-{s.get('top_k')} cells under {s.get('seeds', 1)} seed(s), "
+            f"budget {s.get('budget') or 'none'}, the same training per arm.\n\n", markdown(investigation)]
+          if investigation else []),
         "## Budget analysis\n", markdown(budget_table(study, default_budgets(study))),
         "## Training-free score vs trained accuracy\n", markdown(correlation_table(study)),
         "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",
@@ -323,4 +370,5 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
     write_text(out / "report.md", "\n".join(parts))
-    return {"table": table, "figures": [str(p) for p in figures], "missing": study.missing}
+    return {"table": table, "investigation": investigation, "figures": [str(p) for p in figures],
+            "missing": study.missing}

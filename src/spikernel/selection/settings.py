@@ -22,6 +22,7 @@ class ExploreSettings:
     top_k: int = 3
     epochs: int = 3
     recipe: str = "fast"
+    seeds: int = 1  # trainings per top-K cell (seeds seed, seed+1, ...): the noise of each set's accuracy
     fidelity: str | None = None  # multi-fidelity search setting (nas.fidelity), e.g. "fast"
     score_batch: int = 256  # the scoring batch of every command (the main job uses 64)
     repeats: int = 2
@@ -38,6 +39,8 @@ class ExploreSettings:
             raise ConfigError(f"kernel set listed twice: {', '.join(duplicates)}")
         if not names:
             raise ConfigError("give at least one kernel set")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be at least 1, got {self.seeds}")
         object.__setattr__(self, "kernel_sets", tuple(names))
         object.__setattr__(self, "ablation", tuple(sorted(set(self.ablation) or self.default_ablation())))
         if self.budget:
