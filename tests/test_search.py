@@ -323,3 +323,22 @@ def test_a_neuron_state_budget_filters_before_scoring(tmp_path):
     assert code == 2 and "no candidate can meet the state budget" in err and not (tmp_path / "none").exists()
     code, _, err = cli(*TINY, "-n", "2", "--state-budget", "10K", "--out", str(tmp_path / "bad"))
     assert code == 2 and "counted in bytes" in err and err.count("\n") == 1
+
+
+def test_an_energy_budget_filters_on_the_estimate_at_initialisation(tmp_path):
+    import csv
+
+    from spikernel.nn.energy import EnergyBudget
+
+    out = tmp_path / "energy"
+    code, _, err = cli(*TINY, "-n", "6", "--energy-budget", "0.8uJ", "--out", str(out))
+    assert code == 0, err
+    with open(out / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["energy_uj"] for r in rows)
+    for r in rows:
+        assert (r["status"] == "over_budget") == (float(r["energy_uj"]) > 0.8), r
+    assert {"over_budget", "scored"} <= {r["status"] for r in rows}
+    assert EnergyBudget.parse("2MSOP").limit == 2e6 and EnergyBudget.parse("800nJ").limit == 800e3
+    code, _, err = cli(*TINY, "-n", "2", "--energy-budget", "lots", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "malformed energy budget" in err and not (tmp_path / "bad").exists()

@@ -27,6 +27,8 @@ from .render import rendered_events, stdout
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
 @click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron.")
 @click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits].")
+@click.option("--energy-budget", help="Energy (5uJ, 800nJ) or synaptic operations (2MSOP) per inference, estimated "
+              "from each candidate's spikes at initialisation on the first scoring batch.")
 @click.option("--cell", type=CELL, default="backward", show_default=True)
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch (the same option in explore, run and score).")
@@ -57,7 +59,7 @@ from .render import rendered_events, stdout
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, timesteps,
            preset, width, seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
-           refine_epochs, validation, state_budget, state_bits, threads):
+           refine_epochs, validation, state_budget, state_bits, energy_budget, threads):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
     from spikernel.data.datasets import load_dataset
     from spikernel.nas.run import search as run_search
@@ -71,7 +73,8 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             study=study_name, heartbeat=heartbeat, top=top, compare_at=compare_at,
                             fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
                             validation=validation, state_budget=state_budget,
-                            state_bits=int(state_bits) if state_bits else None, on_event=on_event)
+                            state_bits=int(state_bits) if state_bits else None, energy_budget=energy_budget,
+                            on_event=on_event)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 

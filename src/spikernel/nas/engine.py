@@ -51,6 +51,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from spikernel import __version__
 from spikernel.nas import SAMPLERS
 from spikernel.errors import ConfigError, SpikernelError
+from spikernel.nn.energy import EnergyBudget, OpsReport
 from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint
 from spikernel.nn.model import MacroConfig
 from spikernel.proxy.sahd import score_genotype, scoring_batches
@@ -83,6 +84,7 @@ class Candidate:
     score: float | None = None
     seconds: float = 0.0
     status: str = SCORED
+    energy: dict | None = None  # {"sops", "energy_uj"} estimated at initialisation, under an energy budget
 
     def row(self, bits: int = 32) -> dict:
         return {
@@ -93,6 +95,7 @@ class Candidate:
             "score": self.score,
             "seconds": round(self.seconds, 4),
             "status": self.status,
+            **(self.energy or {}),
         }
 
 
@@ -261,6 +264,7 @@ class SearchSpec:
     sampler: str = "random"
     scoring: dict = field(default_factory=dict, hash=False)
     state_budget: StateBudget | None = None
+    energy_budget: EnergyBudget | None = None
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -291,6 +295,7 @@ class SearchSpec:
             "sampler": self.sampler,
             "scoring": dict(self.scoring),
             **({"state_budget": str(self.state_budget)} if self.state_budget else {}),  # absent: older studies match
+            **({"energy_budget": str(self.energy_budget)} if self.energy_budget else {}),
         }
 
 
@@ -565,8 +570,10 @@ class Search:
     """One worker on a study: fills empty slots until every slot has a finished candidate."""
 
     def __init__(self, study: optuna.Study, storage, spec: SearchSpec, score: Scorer,
-                 on_candidate: Callable[[Candidate], None] | None = None, poll: float = 1.0):
+                 on_candidate: Callable[[Candidate], None] | None = None, poll: float = 1.0,
+                 estimate: Callable[[Genotype], OpsReport] | None = None):
         self.study, self.storage, self.spec, self.score = study, storage, spec, score
+        self.estimate = estimate  # energy per inference at initialisation (needed under an energy budget)
         self.on_candidate = on_candidate
         self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
         self.poll = poll  # how often a worker with nothing left to take looks at the others' slots
@@ -653,11 +660,18 @@ class Search:
             return self.study.sampler.genotype(slot)
         return suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
 
+    def _within_energy(self, candidate: Candidate) -> bool:
+        ops = self.estimate(candidate.genotype)
+        candidate.energy = {"sops": round(ops.sops, 1), "energy_uj": round(ops.energy_pj / 1e6, 6)}
+        return self.spec.energy_budget.fits(ops)
+
     def _evaluate(self, trial: Trial, slot: int, scores: dict[str, float]) -> Candidate:
         genotype = self._genotype(trial, slot)
         candidate = Candidate(slot, genotype, footprint(genotype, self.spec.macro))
         started = time.perf_counter()
         if any(b is not None and not b.fits(candidate.footprint) for b in (self.spec.budget, self.spec.state_budget)):
+            candidate.status = OVER_BUDGET
+        elif self.spec.energy_budget is not None and not self._within_energy(candidate):
             candidate.status = OVER_BUDGET
         elif genotype.key in scores:
             candidate.score, candidate.status = scores[genotype.key], DUPLICATE
@@ -668,14 +682,28 @@ class Search:
         return candidate
 
 
+def energy_estimator(macro: MacroConfig, images: torch.Tensor, seed: int) -> Callable[[Genotype], OpsReport]:
+    """Operations per inference of each candidate, freshly initialised (the scorer's seeded weights),
+    on the first scoring batch."""
+    from spikernel.nn.energy import estimate_at_init
+    from spikernel.nn.model import build_model
+
+    def estimate(genotype: Genotype) -> OpsReport:
+        torch.manual_seed(seed)
+        return estimate_at_init(build_model(genotype, macro, device=images.device), images)
+
+    return estimate
+
+
 def collect(trials: Iterable[FrozenTrial], spec: SearchSpec) -> list[Candidate]:
     """The study's candidates in slot order: one per finished slot."""
     candidates = []
     for t in Slots.of(trials, spec.candidates).done():
         record = t.user_attrs[RECORD_ATTR]
         genotype = Genotype.parse(record["genotype"])
+        energy = {k: record[k] for k in ("sops", "energy_uj") if k in record} or None
         candidates.append(Candidate(record["trial"], genotype, footprint(genotype, spec.macro),
-                                    record["score"], record["seconds"], record["status"]))
+                                    record["score"], record["seconds"], record["status"], energy))
     return candidates
 
 
@@ -789,7 +817,8 @@ def versions() -> dict:
 def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int) -> None:
     """One row per candidate slot, written atomically like every run-folder file."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    energy = ["sops", "energy_uj"] if any(c.energy for c in candidates) else []
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS + energy, lineterminator="\n")
     writer.writeheader()
     for c in candidates:
         writer.writerow({k: ("" if v is None else v) for k, v in c.row(bits).items()})

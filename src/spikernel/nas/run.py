@@ -18,9 +18,10 @@ from spikernel.events import OnEvent, emit
 from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory
 from spikernel.files import make_dir
 from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, check_state_budget_reachable,
-                                  compare_prefix, make_scorer, open_storage, open_study, outputs, pareto_front, redact,
+                                  compare_prefix, energy_estimator, make_scorer, open_storage, open_study, outputs, pareto_front, redact,
                                   scoring_data, sqlite_url, storage_errors, time_report, top_k, write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
+from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.space.genotype import KernelSet
@@ -81,6 +82,7 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
            refine: int = 0, refine_epochs: int = 2, validation: int = 1000,
            state_budget: StateBudget | str | None = None, state_bits: int | None = None,
+           energy_budget: EnergyBudget | str | None = None,
            on_event: OnEvent | None = None) -> SearchResult:
     """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
 
@@ -106,6 +108,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
     if isinstance(state_budget, str):
         state_budget = StateBudget.parse(state_budget, state_bits or bits)
+    if isinstance(energy_budget, str):
+        energy_budget = EnergyBudget.parse(energy_budget)
     check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
     check_state_budget_reachable(state_budget, macro)
     device = resolve_device(device)
@@ -115,7 +119,7 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         scoring = {**scoring, "fidelity": fidelity.cheap}
     if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
         scoring = {**scoring, "device": device.type}
-    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring, state_budget)
+    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring, state_budget, energy_budget)
 
     out = Path(out) if out is not None else None
     in_folder = storage is None and out is not None  # saved as a relative name: no machine path in search.json
@@ -126,7 +130,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     optuna_study = open_study(spec, store, study)
 
     cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
-    engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed))
+    estimate = energy_estimator(macro, batches[0], seed) if energy_budget else None
+    engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed), estimate=estimate)
     engine.on_candidate = _progress(engine, candidates, started, on_event)
     emit(on_event, "search", done=len(engine.view().done()), total=candidates)
     with kept_freed_memory(SCORING_KEPT_MIB):  # one setting for the whole search, not one per candidate

@@ -19,6 +19,8 @@ Not counted: neuron updates, node sums, average pools and the per-channel affine
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -242,3 +244,49 @@ def measure_dataset(model, dataset, limit: int | None = None, batch_size: int = 
     batches = (dataset.normalize(split.images[i : min(i + batch_size, count)].to(device))
                for i in range(0, count, batch_size))
     return measure(model, batches, energy_model)
+
+
+@torch.no_grad()
+def estimate_at_init(model, images: torch.Tensor, energy_model: EnergyModel | None = None) -> OpsReport:
+    """Operations and energy per image of a freshly initialised network on one batch, before any
+    training: BatchNorm on the batch's statistics, as when it is scored (training mode), dropout off."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) or type(m).__name__ == "Dropout":
+            m.eval()
+    with OpCounter(model, energy_model) as counter:
+        model(images)
+    return counter.report()
+
+
+_ENERGY = re.compile(r"(?P<number>\d+(\.\d+)?)(?P<unit>PJ|NJ|UJ|MJ|SOPS?|KSOPS?|MSOPS?|GSOPS?)")
+_JOULES = {"PJ": 1.0, "NJ": 1e3, "UJ": 1e6, "MJ": 1e9}  # in pJ
+_SOPS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+@dataclass(frozen=True)
+class EnergyBudget:
+    """A limit per inference: energy (``5uJ``, ``800nJ``) or synaptic operations (``2MSOP``)."""
+
+    limit: float
+    unit: str  # "pJ" or "SOPs"
+
+    @classmethod
+    def parse(cls, text: str) -> EnergyBudget:
+        found = _ENERGY.fullmatch(str(text).strip().upper().replace(" ", ""))
+        if found is None or float(found["number"]) <= 0:
+            raise ConfigError(f"malformed energy budget {text!r}: give energy per inference (5uJ, 800nJ) "
+                              "or synaptic operations (2MSOP, 500KSOPs)")
+        number, unit = float(found["number"]), found["unit"]
+        if unit in _JOULES:
+            return cls(number * _JOULES[unit], "pJ")
+        return cls(number * _SOPS[unit.split("SOP")[0]], "SOPs")
+
+    def cost(self, ops: OpsReport) -> float:
+        return ops.energy_pj if self.unit == "pJ" else ops.sops
+
+    def fits(self, ops: OpsReport) -> bool:
+        return self.cost(ops) <= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.limit / 1e6:g} uJ per inference" if self.unit == "pJ" else f"{self.limit:,.0f} SOPs per inference"
