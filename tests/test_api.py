@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from helpers import cli
@@ -18,10 +19,15 @@ def walkthrough(tmp_path_factory):
     folder = tmp_path_factory.mktemp("api")
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     namespace: dict = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        for block in blocks:
-            exec(compile(block, str(DOC), "exec"), namespace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CLI runs below are given --threads 1: the same sums in the same order
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            for block in blocks:
+                exec(compile(block, str(DOC), "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
     namespace["folder"] = folder
     return namespace
 
@@ -36,7 +42,7 @@ def test_walkthrough_covers_every_step(walkthrough):
 def test_api_scores_equal_the_cli(walkthrough, tmp_path):
     cells = walkthrough["cells"]
     args = ["score", *sum((["-g", str(g)] for g in cells), []), "-p", "fmnist-tiny", "-T", "2", "--batch", "16",
-            "--json"]
+            "--threads", "1", "--json"]
     code, out, err = cli(*args)
     assert code == 0, err
     by_cli = {row["genotype"]: row["score"] for row in json.loads(out)}
@@ -45,7 +51,7 @@ def test_api_scores_equal_the_cli(walkthrough, tmp_path):
 
 def test_api_search_picks_what_the_cli_picks(walkthrough, tmp_path):
     code, _, err = cli("search", "-k", "1x1_3x3_5x5", "-n", "6", "--budget", "30K", "--batch", "16",
-                       "-p", "fmnist-tiny", "-T", "2", "--out", str(tmp_path / "s"))
+                       "-p", "fmnist-tiny", "-T", "2", "--threads", "1", "--out", str(tmp_path / "s"))
     assert code == 0, err
     selection = json.loads((tmp_path / "s" / "selection.json").read_text())
     found = walkthrough["found"]
@@ -57,7 +63,7 @@ def test_api_search_picks_what_the_cli_picks(walkthrough, tmp_path):
 def test_api_training_gives_the_cli_weights(walkthrough, tmp_path):
     run = walkthrough["run"]
     code, _, err = cli("train", "-g", str(run.model.genotype), "-p", "fmnist-tiny", "-T", "2", "--epochs", "1",
-                       "--limit-train", "256", "--out", str(tmp_path / "t"))
+                       "--limit-train", "256", "--threads", "1", "--out", str(tmp_path / "t"))
     assert code == 0, err
     ours = load_file(str(walkthrough["folder"] / "runs/api/train/model.safetensors"))
     theirs = load_file(str(tmp_path / "t" / "model.safetensors"))

@@ -125,14 +125,17 @@ def test_thread_counts():
             choose_threads(bad)
 
 
-def test_threads_reach_torch(tmp_path):
+def test_threads_reach_torch_for_the_command_only(tmp_path):
+    import json
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(available_cores())
-        code, _, err = cli("search", "-p", "fmnist-tiny", "-T", "2", "-n", "1", "--batch", "8", "--threads", "1",
-                           "--out", str(tmp_path / "s"))
+        code, _, err = cli("train", "-g", CELL, "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "32",
+                           "--threads", "1", "--out", str(tmp_path / "t"))
         assert code == 0, err
-        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "t" / "result.json").read_text())["machine"]["threads"] == 1
+        assert torch.get_num_threads() == available_cores()  # an in-process caller gets its own count back
         code, _, err = cli("search", "-n", "1", "--threads", "0", "--out", str(tmp_path / "s2"))
         assert code == 2 and "--threads" in err and not (tmp_path / "s2").exists()
     finally:

@@ -34,7 +34,7 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            with warning_lines():
+            with warning_lines(), threads_kept():
                 return super().invoke(ctx)
         except SpikernelError as exc:
             click.echo(f"error: {_one_line(str(exc))}", err=True)
@@ -54,6 +54,20 @@ def os_error_line(exc: OSError) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+@contextmanager
+def threads_kept():
+    """A command's ``--threads`` holds for that command: a caller running commands in-process (tests,
+    notebooks) gets its own thread count back."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 @contextmanager
