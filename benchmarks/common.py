@@ -1,7 +1,9 @@
-"""Shared set-up for the benchmark scripts: scoring images for any preset, machine description."""
+"""Shared set-up for the benchmark scripts: scoring images for any preset, machine description,
+resumable result files."""
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import resource
@@ -68,3 +70,16 @@ def current_rss_mib() -> float:
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def append_row(path, row: dict) -> None:
+    """One finished measurement appended (and fsynced) to a CSV, so a killed run loses only the one
+    it was making; the header comes with the first row."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import append_row
 
 from spikernel.data.datasets import load_dataset
 from spikernel.nn.footprint import footprint
@@ -86,17 +87,6 @@ def done_keys(path: Path) -> set[tuple[str, int]]:
         return set()
     with open(path, newline="") as f:
         return {(row["genotype"], int(row["seed"])) for row in csv.DictReader(f)}
-
-
-def append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -> dict:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import append_row
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
@@ -72,17 +73,6 @@ def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int) -> d
             "settings": json.dumps({**ARMS[arm][0], **ARMS[arm][1]})}
 
 
-def append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def summary(path: Path) -> str:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -129,7 +119,7 @@ def main(argv=None) -> None:
     for i, (arm, cell, seed) in enumerate(plan(args.arms.split(","), CELLS, args.seeds)):
         if i % args.workers == args.worker and (arm, cell, seed) not in done:
             row = train_one(arm, cell, seed, args.preset, args.epochs)
-            append(args.out, row)
+            append_row(args.out, row)
             print(json.dumps({k: row[k] for k in ("arm", "genotype", "seed", "test_acc", "seconds")}), flush=True)
 
 
