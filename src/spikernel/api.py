@@ -22,7 +22,7 @@ from spikernel.data.datasets import Dataset, load_dataset
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent
 from spikernel.nas.run import SearchResult, as_dataset, as_macro
-from spikernel.nas.run import search as _search
+from spikernel.nas.run import search  # noqa: F401  (sk.search: the whole search in one call)
 from spikernel.nn.footprint import Footprint
 from spikernel.nn.footprint import footprint as _footprint
 from spikernel.nn.model import SNN, MacroConfig, get_preset
@@ -118,11 +118,6 @@ def proxies() -> list[str]:
     return list(PROXIES)
 
 
-def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Dataset | str, **options) -> SearchResult:
-    """Training-free search inside a kernel set under a memory budget; see ``nas.run.search``."""
-    return _search(kernels, macro, data, **options)
-
-
 # --------------------------------------------------------------------------- networks
 
 
@@ -203,18 +198,19 @@ def export(run: str | Path | TrainResult | SNN, format: str = "nir", out: str | 
     stopped early is exported with a warning and the epoch its weights come from."""
     from spikernel.deploy.export import export_nir, export_safetensors, load_run
 
-    trained = {}
+    trained, dataset, folder = {}, None, Path(".")
     if isinstance(run, (str, Path)):
         model, info = load_run(run)
-        trained = {"epoch": info["epoch"], "epochs": info["epochs"]}
+        trained, dataset = {"epoch": info["epoch"], "epochs": info["epochs"]}, info["dataset"]
         folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    elif isinstance(run, TrainResult):
+        model, dataset = run.model, run.result["dataset"]["name"]
+        trained = {"epoch": run.result["epochs"], "epochs": run.result["epochs"]}
+        folder = Path(run.out) if run.out else folder
     else:
-        model = _model(run)
-        folder = Path(run.out) if isinstance(run, TrainResult) and run.out else Path(".")
-        if isinstance(run, TrainResult):
-            trained = {"epoch": run.result["epochs"], "epochs": run.result["epochs"]}
+        model = run
     if format == "nir":
-        data = as_dataset(data or "fashion-mnist-mini")
+        data = as_dataset(data or dataset or "fashion-mnist-mini")  # checked on the run's own test images
         images = data.normalize(data.test.images[:check_images])
         return export_nir(model, Path(out or folder / "network.nir"), images, target,
                           metadata={"trained_epoch": trained.get("epoch"), "planned_epochs": trained.get("epochs")})

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from spikernel.data import DEFAULT_DATASET
 from spikernel.errors import ConfigError, GenotypeError
+from spikernel.nn.macro import default_preset
 from spikernel.space.genotype import Genotype
 from .group import main
 from .options import BITS, CELL, GENOTYPE, PRESET, apply_threads, threads_option
@@ -73,7 +74,7 @@ def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, vo
     apply_threads(threads)
     data = api.load_dataset(dataset, data_dir)
     overrides = dict(width=width, hidden=hidden, votes=votes, second_pool=second_pool, timesteps=timesteps)
-    macro = api.preset(preset or api_default_preset(data.name), data, **overrides)
+    macro = api.preset(preset or default_preset(data.name), data, **overrides)
     scored = api.score(cells, macro, data, proxy=proxy, also=known if all_proxies else (), batch=batch,
                        repeats=repeats, seed=seed, bits=int(bits), device=device)
     rows = [s.to_dict() for s in scored]
@@ -87,9 +88,3 @@ def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, vo
         table.add_row(row["genotype"], f"{row['params']:,}", f"{row['footprint_bytes']:,}", f"{row['score']:.4g}",
                       *(f"{v:.4g}" for v in row["proxies"].values()))
     stdout().print(table)
-
-
-def api_default_preset(dataset: str) -> str:
-    from spikernel.nn.macro import default_preset
-
-    return default_preset(dataset)

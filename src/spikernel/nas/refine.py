@@ -25,6 +25,7 @@ from spikernel.events import OnEvent, emit
 from spikernel.nas.engine import Candidate, open_storage
 from spikernel.nn.model import MacroConfig
 from spikernel.training.recipe import recipe
+from spikernel.training.run import train
 
 STUDY = "refine"
 GENOTYPE_ATTR = "genotype"
@@ -49,8 +50,6 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
            on_event: OnEvent | None = None) -> list[Refined]:
     """Train ``shortlist`` (best first) with successive halving; returns every candidate's outcome,
     the most accurate on validation first."""
-    from spikernel.training.run import train
-
     if not shortlist:
         raise ConfigError("nothing to refine: no candidate was scored under the budget")
     out = Path(out)
@@ -96,7 +95,7 @@ def _open(out: Path) -> optuna.Study:
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", pruner=pruner,
                                 load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # its process was killed
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
     return study
 
 

@@ -9,18 +9,22 @@ again on the same folder resumes: finished candidates are never scored again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import optuna
 
 from spikernel.data.datasets import Dataset, load_dataset
 from spikernel.errors import ConfigError
 from spikernel.events import OnEvent, emit
 from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory
-from spikernel.files import make_dir
-from spikernel.nas.engine import (Candidate, Search, SearchSpec, check_budget_reachable, check_state_budget_reachable,
-                                  compare_prefix, energy_estimator, make_scorer, open_storage, open_study, outputs, pareto_front, redact,
-                                  scoring_data, sqlite_url, storage_errors, time_report, top_k, write_outputs)
+from spikernel.files import make_dir, write_json
+from spikernel.nas.engine import (Candidate, Search, SearchSpec, candidate_summary, check_budget_reachable,
+                                  check_state_budget_reachable, compare_prefix, energy_estimator, make_scorer,
+                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, sqlite_url,
+                                  storage_errors, time_report, top_k, write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
+from spikernel.nas.refine import refine as run_refine
 from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
@@ -96,8 +100,6 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         raise ConfigError("refinement trains networks into run folders: give out=")
     if refine > candidates:
         raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes as events, not one log line per trial
     started = time.perf_counter()
     data = as_dataset(data)
@@ -132,8 +134,9 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
     estimate = energy_estimator(macro, batches[0], seed) if energy_budget else None
     engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed), estimate=estimate)
-    engine.on_candidate = _progress(engine, candidates, started, on_event)
-    emit(on_event, "search", done=len(engine.view().done()), total=candidates)
+    first = engine.view()  # one read of the study for both: how far it is, and its best score so far
+    engine.on_candidate = _progress(engine, max(first.scores().values(), default=None), candidates, started, on_event)
+    emit(on_event, "search", done=len(first.done()), total=candidates)
     with kept_freed_memory(SCORING_KEPT_MIB):  # one setting for the whole search, not one per candidate
         found = engine.run()
     emit(on_event, "search", done=len(found), total=candidates)
@@ -164,12 +167,6 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
 def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k: int, epochs: int, validation: int,
              seed: int, on_event) -> dict:
     """selection.json with the refinement's outcome; its ``best`` is the refined pick."""
-    from dataclasses import asdict
-
-    from spikernel.files import write_json
-    from spikernel.nas.engine import candidate_summary
-    from spikernel.nas.refine import refine as run_refine
-
     shortlist = top_k(found, k)
     if len(shortlist) < k:
         raise ConfigError(f"refine {k} is more than the {len(shortlist)} distinct candidates scored under the budget")
@@ -185,8 +182,8 @@ def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k:
     return chosen
 
 
-def _progress(engine: Search, total: int, started: float, on_event: OnEvent | None):
-    best = [max(engine.view().scores().values(), default=None)]
+def _progress(engine: Search, best_so_far: float | None, total: int, started: float, on_event: OnEvent | None):
+    best = [best_so_far]
 
     def on_candidate(c: Candidate) -> None:
         if c.score is not None and (best[0] is None or c.score > best[0]):

@@ -472,12 +472,17 @@ def score_model(model: nn.Module, batches: Iterable[torch.Tensor], fast: bool = 
     return sum(scores) / len(scores)
 
 
+def scoring_picks(count: int, batch_size: int, repeats: int, seed: int) -> list[torch.Tensor]:
+    """The indices of ``repeats`` fixed batches of ``count`` images, drawn once (seeded)."""
+    if batch_size > count:
+        raise ValueError(f"scoring batch {batch_size} is larger than the dataset ({count} images)")
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(count, generator=generator)[:batch_size] for _ in range(repeats)]
+
+
 def scoring_batches(images: torch.Tensor, batch_size: int, repeats: int, seed: int) -> list[torch.Tensor]:
     """``repeats`` fixed batches drawn once (seeded) so every candidate is ranked on the same data."""
-    generator = torch.Generator().manual_seed(seed)
-    if batch_size > len(images):
-        raise ValueError(f"scoring batch {batch_size} is larger than the dataset ({len(images)} images)")
-    return [images[torch.randperm(len(images), generator=generator)[:batch_size]] for _ in range(repeats)]
+    return [images[i] for i in scoring_picks(len(images), batch_size, repeats, seed)]
 
 
 def score_genotype(genotype, macro, batches: Sequence[torch.Tensor], seed: int = 0) -> float:

@@ -27,7 +27,7 @@ from spikernel.errors import ConfigError
 from spikernel.nn.footprint import footprint
 from spikernel.nn.model import SNN, MacroConfig, build_model, get_preset
 from spikernel.nn.neuron import is_lif, spikes_seen
-from spikernel.proxy.sahd import score_model, spike_overlap
+from spikernel.proxy.sahd import score_model, scoring_picks, spike_overlap
 from spikernel.space.genotype import Genotype
 
 Batches = Sequence[torch.Tensor]
@@ -357,8 +357,8 @@ def proxy_rows(genotypes: Sequence[Genotype | str], macro: MacroConfig | str, ba
 def labelled_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, repeats: int,
                      seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``scoring_batches``'s draw (the same images for the same seed) with the labels that go with them."""
-    if batch_size > len(images):
-        raise ConfigError(f"batch {batch_size} is larger than the dataset ({len(images)} images)")
-    generator = torch.Generator().manual_seed(seed)
-    picks = [torch.randperm(len(images), generator=generator)[:batch_size] for _ in range(repeats)]
+    try:
+        picks = scoring_picks(len(images), batch_size, repeats, seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return [images[i] for i in picks], [labels[i] for i in picks]

@@ -28,8 +28,8 @@ from spikernel.nn.energy import measure_dataset
 from spikernel.space.genotype import Genotype
 from spikernel.training import distributed
 from spikernel.training.checkpoint import (CHECKPOINT_FILE, RESULT_FILE, RUN_FILE, WEIGHTS_FILE, RunSpec,
-                                           checkpoint_epoch, open_run, save_model)
-from spikernel.training.loop import TrainConfig, fit, steps_per_epoch
+                                           checkpoint_epoch, load_model, open_run, save_model)
+from spikernel.training.loop import TrainConfig, fit, steps_per_epoch, train_count
 from spikernel.training.timebudget import epochs_within, time_one_epoch
 
 ENERGY_IMAGES = 1000  # test images the result's spike, SOP and energy figures are counted on
@@ -71,12 +71,10 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
         out = Path(out) if out is not None else None
         status = _open(out, spec, resume, world) if out is not None else "new"
         if status == "finished":
-            from spikernel.training.checkpoint import load_model
-
             emit(on_event, "train", message=f"{out} is already finished; its result is in {out / RESULT_FILE}")
             return TrainResult(load_model(out)[0], read_json(out / RESULT_FILE), out, status)
         if status == "new" and out is not None and data_dir is not None and world.is_main:
-            write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), "data_dir": str(data_dir)})
+            _record_in_run_file(out, "data_dir", str(data_dir))
         if config.time_budget is not None:
             config = _planned(config, model, data, device, out, world, on_event)
         started = time.perf_counter()
@@ -107,7 +105,7 @@ def _planned(config: TrainConfig, model, data, device, out: Path | None, world, 
     """The epochs a time budget allows: measured once, kept in run.json for every resume."""
     plan = read_json(out / RUN_FILE).get("plan") if out is not None and world.is_main else None
     if plan is None and world.is_main:
-        steps = steps_per_epoch(min(config.limit_train or len(data.train), len(data.train)), config.batch_size, world)
+        steps = steps_per_epoch(train_count(data, config), config.batch_size, world)
         epoch_s = time_one_epoch(model, data, config, device, steps)
         epochs = epochs_within(config.time_budget, epoch_s)
         if epochs < 1:
@@ -115,13 +113,18 @@ def _planned(config: TrainConfig, model, data, device, out: Path | None, world, 
                               f"(about {epoch_s:.0f} s measured here)")
         plan = {"epochs": epochs, "seconds_per_epoch": round(epoch_s, 2), "budget_seconds": config.time_budget}
         if out is not None:
-            write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), "plan": plan})
+            _record_in_run_file(out, "plan", plan)
         emit(on_event, "train", message=f"time budget {config.time_budget:g} s: {epochs} epochs of about "
                                         f"{epoch_s:.0f} s each")
     world.barrier()
     if not world.is_main:
         plan = read_json(out / RUN_FILE)["plan"]
     return replace(config, epochs=plan["epochs"])
+
+
+def _record_in_run_file(out: Path, key: str, value) -> None:
+    """Add what the run decided or was told (its plan, its data folder) to run.json, beside its spec."""
+    write_json(out / RUN_FILE, {**read_json(out / RUN_FILE), key: value})
 
 
 def _open(out: Path, spec: RunSpec, resume: bool, world) -> str:

@@ -15,7 +15,10 @@ import time
 
 import torch
 
+from spikernel.data.datasets import Split
 from spikernel.errors import ConfigError
+from spikernel.training.loop import (amp_enabled, autocast, evaluate, input_batch, make_optimizer,
+                                     training_step_model)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 PILOT_STEPS = 4  # timed steps after one warm-up step
@@ -44,9 +47,6 @@ def time_one_epoch(model, dataset, config, device, steps_per_epoch: int) -> floa
 
     The model, its BatchNorm statistics and every random generator are left as they were.
     """
-    from spikernel.training.loop import (amp_enabled, autocast, evaluate, input_batch, make_optimizer,
-                                         training_step_model)
-
     rng = torch.get_rng_state()
     probe = copy.deepcopy(model).to(device)
     optimizer, _ = make_optimizer(probe, config, steps_per_epoch)
@@ -65,7 +65,7 @@ def time_one_epoch(model, dataset, config, device, steps_per_epoch: int) -> floa
                 seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         small = min(config.eval_batch, len(dataset.test))
-        evaluate(probe, dataset, dataset.test.__class__(dataset.test.images[:small], dataset.test.labels[:small]),
+        evaluate(probe, dataset, Split(dataset.test.images[:small], dataset.test.labels[:small]),
                  batch_size=small, device=device, spike_rates=False)
         eval_s = (time.perf_counter() - started) * len(dataset.test) / small
     finally:
