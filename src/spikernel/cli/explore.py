@@ -12,7 +12,7 @@ from spikernel.data import DEFAULT_DATASET
 from spikernel.selection.settings import ExploreSettings
 from .group import main
 from .render import rendered_events
-from .options import BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option
+from .options import BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option, threads_option
 
 _D = ExploreSettings()
 
@@ -63,8 +63,7 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--fidelity", default=_D.fidelity,
                      help="Multi-fidelity search, as in `spikernel search` (e.g. fast or batch=16,repeats=1,top=0.02)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--threads", type=int, default=None,
-                     help="CPU threads [the cores other processes leave idle, at least 1]."),
+        threads_option,
         click.option("--ablation", callback=_int_list,
                      help="Search sizes to compare, e.g. 1000,2500,5000 [a fifth, half, all]."),
     ]
