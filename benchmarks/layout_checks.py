@@ -15,15 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_ms, machine  # noqa: E402
 
-from spikernel.nn.layers import TimestepBatchNorm2d  # noqa: E402
-from spikernel.nn.neuron import TAU, THRESHOLD  # noqa: E402
-from spikernel.proxy.sahd import batch_norm_steps, lif_scan, pooled_convolution, window_sum_pool  # noqa: E402
+from spikernel.nn.neuron import TAU, THRESHOLD, lif_scan  # noqa: E402
 
 CL = torch.channels_last
 
@@ -78,27 +75,8 @@ def main(argv=None) -> int:
             s = spikes(*shape) * torch.randn(shape)  # CIFAR widths, batch 256: the cell's and the reduction's pools
             pool = lambda t: F.avg_pool2d(t, kernel, stride, pad)  # noqa: E731
             via_cl = lambda: pool(s.contiguous(memory_format=CL)).contiguous()  # noqa: E731
-            sums = lambda: window_sum_pool(s, (kernel, kernel), (stride, stride), (pad, pad))  # noqa: E731
             rows.append((f"avg pool {kernel}x{kernel} {shape}: channels-last and back", best_ms(lambda: pool(s), 5),
                          best_ms(via_cl, 5), torch.equal(pool(s), via_cl())))
-            rows.append((f"avg pool {kernel}x{kernel} {shape}: window sums", best_ms(lambda: pool(s), 5),
-                         best_ms(sums, 5), torch.equal(pool(s), sums())))
-        x = torch.randn(256, 128, 32, 32) * 2 + 0.3
-        w, b = torch.rand(128) + 0.5, torch.randn(128)
-        bn = lambda t: F.batch_norm(t, None, None, w, b, True, 0.0, 1e-5)  # noqa: E731
-        norm = TimestepBatchNorm2d(128)
-        norm.weight.copy_(w), norm.bias.copy_(b)
-        rows.append(("batch norm (training) (256, 128, 32, 32): in place", best_ms(lambda: bn(x), 5),
-                     best_ms(lambda: batch_norm_steps(norm, x, in_place=True), 5),
-                     torch.equal(bn(x.clone()), batch_norm_steps(norm, x.clone(), in_place=True))))
-        x = spikes(1, 256, 128, 32, 32)  # the reduction at CIFAR-100 widths, batch 256: 128 -> 256 channels
-        conv = layer.Conv2d(128, 256, 3, padding=1, bias=False, step_mode="m")
-        torch.nn.init.kaiming_uniform_(conv.weight, a=2)
-        norm, pool = TimestepBatchNorm2d(256), layer.AvgPool2d(2, 2, step_mode="m")
-        whole = lambda: pool(norm(conv(x)))  # noqa: E731
-        halves = lambda: pooled_convolution(conv, norm, pool, x)  # noqa: E731
-        rows.append(("conv 128->256 3x3, BatchNorm, 2x2 pool (1, 256, 128, 32, 32): by halves",
-                     best_ms(whole, 3), best_ms(halves, 3), torch.equal(whole(), halves())))
         x, v = torch.randn(1, 256, 128, 32, 32) * 1.5, torch.rand(256, 128, 32, 32)  # one LIF step, batch 256
         whole = lambda v: lif_scan(x, v, TAU, THRESHOLD, chunk=v.numel())  # noqa: E731
         chunked = lambda v: lif_scan(x, v, TAU, THRESHOLD)  # noqa: E731

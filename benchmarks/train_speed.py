@@ -99,7 +99,7 @@ def main() -> None:
                         help="bf16 autocast, spikernel side (default: as `spikernel train`, on for CUDA GPUs)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--fused-lif", action=argparse.BooleanOptionalAction, default=True,
-                        help="spikernel side: train with fused.FusedLIFNode (else spikingjelly's own LIF kernels)")
+                        help="spikernel side: train on the LIF's fused kernel (else spikingjelly's own LIF kernels)")
     parser.add_argument("--workers", type=int, default=None,
                         help="baseline DataLoader workers (default: 0 on CPU, where they would take the "
                              "training's cores; 4 with pinned memory on CUDA, as GPU scripts run it)")

@@ -1,35 +1,17 @@
-"""The fast scoring path: every piece bit-identical to what it replaces, the score equal to the
-plain path's and to a SNASNet-style scorer's, the model left as it was."""
-
-import sys
-from pathlib import Path
+"""The fast scoring path: the model's inference kernels bit-identical to its default ones, the
+score equal to the plain path's, the model left as it was. (The SNASNet-style scorer of
+``benchmarks/score_speed.py`` checks its own equality on every run.)"""
 
 import numpy as np
 import pytest
 import torch
-from spikingjelly.activation_based import functional, layer
+from spikingjelly.activation_based import layer
 
-from spikernel.nn.layers import TimestepBatchNorm2d
+from spikernel.nn.layers import StepAvgPool2d, TimestepBatchNorm2d, avg_pool_steps, batch_norm_steps, use_kernels
 from spikernel.nn.model import build_model, get_preset
-from spikernel.nn.neuron import is_lif, lif
-from spikernel.proxy.sahd import (
-    KernelAccumulator,
-    avg_pool_steps,
-    batch_norm_steps,
-    lif_scan,
-    pooled_convolution,
-    sahd_kernel,
-    score_genotype,
-    score_model,
-    scoring_forwards,
-    sibling_lifs,
-    window_sum_fits,
-    window_sum_pool,
-)
-from spikernel.space.genotype import Genotype, sample_many
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from snasnet_baseline import BaselineSNASNet, make_loader, snasnet_score  # noqa: E402
+from spikernel.nn.neuron import is_lif, lif, lif_scan
+from spikernel.proxy.sahd import KernelAccumulator, recording, sahd_kernel, score_genotype, score_model
+from spikernel.space.genotype import sample_many
 
 TINY = get_preset("fmnist-tiny")
 
@@ -55,7 +37,7 @@ def test_kernel_matches_spec_formula():
 @pytest.mark.parametrize("steps", [1, 4])
 def test_lif_scan_fires_exactly_like_spikingjelly(steps, chunk, monkeypatch):
     if chunk:
-        monkeypatch.setattr("spikernel.proxy.sahd.LIF_CHUNK", chunk)
+        monkeypatch.setattr("spikernel.nn.neuron.LIF_CHUNK", chunk)
     torch.manual_seed(0)
     x = torch.randn(2 * steps, 3, 4, 5, 5) * 1.5
     neuron = lif()
@@ -84,74 +66,23 @@ def test_batch_norm_steps_is_per_timestep_batch_norm():
         assert torch.equal(got, expected)
         assert torch.equal(got, bn(x))  # the module's own training-mode forward
         assert torch.equal(batch_norm_steps(bn, x[:1]), bn(x[:1]))
-        for steps in (x, x[:1], x[0]):  # in place: the same kernel writing over its input
-            owned = steps.clone()
-            assert batch_norm_steps(bn, owned, in_place=True).data_ptr() == owned.data_ptr()
-            assert torch.equal(owned, bn(steps))
+        with use_kernels(bn, "inference"):
+            before = bn.running_mean.clone()
+            assert torch.equal(bn(x), got) and torch.equal(bn.running_mean, before)
 
 
-POOLS = [layer.AvgPool2d(3, 1, 1, step_mode="m"), layer.AvgPool2d(2, 2, step_mode="m"),
-         layer.AvgPool2d(7, 7, step_mode="m")]
+POOLS = [StepAvgPool2d(3, 1, 1), StepAvgPool2d(2, 2), StepAvgPool2d(7, 7)]
 
 
-@pytest.mark.parametrize("window_sums", [False, True], ids=["channels-last", "window-sums"])
 @pytest.mark.parametrize("pool", POOLS, ids=["3x3", "2x2", "7x7"])
-def test_pooling_schedules_give_pytorchs_values(pool, window_sums, monkeypatch):
-    if window_sums:  # what larger tensors get
-        monkeypatch.setattr("spikernel.proxy.sahd.WINDOW_SUM_MIN_BYTES", 0)
-        monkeypatch.setattr("spikernel.proxy.sahd.WINDOW_CHUNK_BYTES", 3000)  # several chunks, a partial last one
+def test_pooling_schedule_gives_pytorchs_values(pool):
     torch.manual_seed(0)
     x = (torch.rand(3, 4, 8, 14, 14) > 0.7).float() * torch.randn(3, 4, 8, 14, 14)
     got = avg_pool_steps(pool, x)
     assert torch.equal(got, pool(x))
     assert got.is_contiguous()  # the convolutions after it must see NCHW
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_pooled_convolution_by_halves_is_the_three_modules(bias, monkeypatch):
-    monkeypatch.setattr("spikernel.proxy.sahd.SPLIT_MIN_BYTES", 0)  # what the reduction gets at CIFAR widths
-    torch.manual_seed(0)
-    conv = layer.Conv2d(16, 32, 3, padding=1, bias=bias, step_mode="m")
-    bn = TimestepBatchNorm2d(32)
-    torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
-    torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
-    pool = layer.AvgPool2d(2, 2, step_mode="m")
-    x = (torch.rand(2, 6, 16, 14, 14) > 0.7).float()
-    with torch.inference_mode():
-        expected = pool(bn(conv(x)))
-        got = pooled_convolution(conv, bn, pool, x)
-    assert torch.equal(got, expected)
-
-
-def test_fast_score_with_the_reduction_by_halves_equals_plain_score(monkeypatch):
-    monkeypatch.setattr("spikernel.proxy.sahd.SPLIT_MIN_BYTES", 0)
-    macro = get_preset("fmnist-small")  # reduction 16 -> 32 channels: halves of 16
-    torch.manual_seed(1)
-    batches = [torch.randn(8, 1, 28, 28)]
-    net = build_model("0244 0005 0200 0030", macro)
-    scores = []
-    for fast in (False, True):
-        torch.manual_seed(7)
-        scores.append(score_model(net, batches, fast=fast))
-    assert scores[1] == pytest.approx(scores[0], rel=1e-9)
-
-
-def test_window_sums_cover_the_padding_setting_they_reproduce():
-    assert window_sum_fits(torch.nn.AvgPool2d(3, 1, 1))
-    assert not window_sum_fits(torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False))
-    assert not window_sum_fits(torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True))
-    x = torch.randn(2, 3, 9, 9)
-    assert torch.equal(window_sum_pool(x, (3, 3), (2, 2), (1, 1)), torch.nn.functional.avg_pool2d(x, 3, 2, 1))
-
-
-def test_sibling_lifs_group_the_edges_leaving_one_node():
-    # node 0 feeds conv edges to nodes 1 and 3; node 2 feeds 3 (forward) and 0 (backward)
-    net = build_model("0303 0010 2003 0000", TINY)
-    groups = sibling_lifs(net)
-    assert sum(len(g) for g in groups) == sum(1 for m in net.modules() if is_lif(m))
-    sizes = sorted(len(g) for g in groups)
-    assert sizes.count(2) == 4  # {0->1, 0->3} and {2->3, 2->0} in each of the two cells
-    assert sizes.count(1) == 3  # reduction, last and head LIFs
+    with torch.no_grad(), use_kernels(pool, "inference"):
+        assert torch.equal(pool(x), got)
 
 
 @pytest.mark.parametrize("genotype", [str(g) for g in sample_many("1x1_3x3_5x5", "backward", 2, seed=2)]
@@ -171,7 +102,8 @@ def test_fast_scoring_restores_the_model():
     net = build_model("0302 0030 3003 0000", TINY)
     state = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
     score_model(net, [torch.randn(8, 1, 28, 28)])
-    assert not any("forward" in vars(m) for m in net.modules())  # the swapped-in forwards are gone
+    assert not any("forward" in vars(m) for m in net.modules())  # no module's forward was replaced
+    assert {m.kernel for m in net.modules() if hasattr(m, "kernel")} == {"spikingjelly"}  # switched back
     for key, value in net.state_dict().items():
         if key in state:
             assert torch.equal(value, state[key])
@@ -194,20 +126,33 @@ def test_the_last_steps_unread_convolutions_are_skipped():
     steps = TINY.timesteps
     assert calls[("0_1", "Conv2d")] == steps
     assert calls[("2_0", "Conv2d")] == calls[("2_0", "TimestepBatchNorm2d")] == steps - 1
-    assert calls[("2_0", "LIFNode")] == steps  # its spikes count in the score
+    assert calls[("2_0", "LIF")] == steps  # its spikes count in the score
     torch.manual_seed(0)
     assert fast == pytest.approx(score_model(net, [torch.randn(8, 1, 28, 28)], fast=False), rel=1e-9)
 
 
-def test_the_accumulator_counts_shared_layers_once_each():
+def test_the_accumulator_counts_every_layer_and_step():
     net = build_model("0303 0000 0000 0000", TINY)  # node 0 feeds two conv edges in each cell
     accumulator = KernelAccumulator()
-    functional.reset_net(net)
-    with torch.inference_mode(), scoring_forwards(net, accumulator):
+    with torch.inference_mode(), recording(net, accumulator), use_kernels(net, "inference"):
         net.train()
-        net(torch.randn(8, 1, 28, 28))
+        net.fire(torch.randn(8, 1, 28, 28), steps_per_pass=1)
     lifs = sum(1 for m in net.modules() if is_lif(m))
     assert accumulator.count == lifs * TINY.timesteps
+
+
+def test_inference_kernels_step_aside_where_autograd_records():
+    torch.manual_seed(0)
+    net = build_model("0302 0030 3003 0000", TINY)
+    x = torch.randn(8, 1, 28, 28)
+    torch.manual_seed(3)
+    reference = net(x)
+    with use_kernels(net, "inference"):
+        torch.manual_seed(3)
+        out = net(x)  # grad enabled: the default kernels run
+    assert torch.equal(out, reference)
+    out.sum().backward()
+    assert net.stem[0].weight.grad is not None
 
 
 def test_other_neurons_take_the_plain_path():
@@ -269,19 +214,3 @@ def test_score_genotype_is_reproducible():
     batches = [torch.randn(8, 1, 28, 28)]
     assert score_genotype("0302 0030 3003 0000", TINY, batches, seed=3) == \
         score_genotype("0302 0030 3003 0000", TINY, batches, seed=3)
-
-
-@pytest.mark.parametrize("genotype", ["0505 0003 1100 0030", "0304 0004 0000 0000"])
-def test_snasnet_style_scorer_gives_the_same_score(genotype):
-    """The benchmark's baseline: single-step network, hooks with two products, K in NumPy."""
-    torch.manual_seed(0)
-    raw = [torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8) for _ in range(2)]
-    mean, std = (0.286,), (0.353,)
-    batches = [((b.float() / 255) - mean[0]) / std[0] for b in raw]
-    net = build_model(Genotype.parse(genotype), TINY)
-    baseline = BaselineSNASNet(net)
-    torch.manual_seed(5)
-    fast = score_model(net, batches)
-    torch.manual_seed(5)
-    slow = snasnet_score(baseline, make_loader(raw, mean, std), 2, "cpu")
-    assert fast == pytest.approx(slow, rel=1e-9)

@@ -12,7 +12,7 @@ from spikingjelly.activation_based import functional
 from spikernel.training.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from spikernel.data.datasets import Dataset, Split, load_dataset
 from spikernel.training.distributed import World
-from spikernel.nn.fused import FusedLIFNode, fused_neurons
+from spikernel.nn.layers import use_kernels
 from spikernel.nn.model import build_model, get_preset
 from spikernel.nn.neuron import is_lif, lif
 from spikernel.training.loop import NonFiniteLoss, TrainConfig, batch_indices, evaluate, fit, steps_per_epoch
@@ -51,7 +51,9 @@ def test_fused_lif_is_spikingjellys_lif_bit_for_bit(chunks):
     x = (torch.randn(4, 8, 3, 5, 5) * 1.5 + 0.6).requires_grad_()
     grad = torch.randn(4, 8, 3, 5, 5)
     results = []
-    for node in (lif(), FusedLIFNode.from_lif(lif())):
+    fused = lif()
+    fused.kernel = "fused"
+    for node in (lif(), fused):
         functional.reset_net(node)
         xs = x.detach().clone().requires_grad_()
         out = torch.cat([node(part) for part in xs.chunk(chunks)])
@@ -62,16 +64,15 @@ def test_fused_lif_is_spikingjellys_lif_bit_for_bit(chunks):
     assert torch.equal(s1, s2) and torch.equal(g1, g2)
 
 
-def test_fused_neurons_swap_and_restore():
+def test_fused_kernels_switch_on_and_back():
     model = tiny_model()
-    before = [type(m) for m in model.modules() if is_lif(m)]
     x = torch.randn(4, 1, 28, 28)
     model.eval()
     reference = model(x)
-    with fused_neurons(model):
-        assert all(type(m) is FusedLIFNode for m in model.modules() if is_lif(m))
+    with use_kernels(model, "fused"):
+        assert all(m.kernel == "fused" for m in model.modules() if is_lif(m))
         assert torch.equal(model(x), reference)
-    assert [type(m) for m in model.modules() if is_lif(m)] == before
+    assert all(m.kernel == "spikingjelly" for m in model.modules() if hasattr(m, "kernel"))
     assert torch.equal(model(x), reference)
 
 
@@ -80,7 +81,7 @@ def test_fused_training_step_matches_spikingjelly():
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     torch.manual_seed(1)
     F.cross_entropy(a(x), y).backward()
-    with fused_neurons(b):
+    with use_kernels(b, "fused"):
         torch.manual_seed(1)
         F.cross_entropy(b(x), y).backward()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
@@ -124,7 +125,7 @@ def test_fit_writes_metrics_and_checkpoint(tmp_path, small):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0002.safetensors"]
     assert all(torch.equal(tensors[f"model.{k}"], v) for k, v in model.state_dict().items())
     assert any(k.startswith("optimizer.state.") for k in tensors)  # momentum buffers
-    assert all(type(m).__name__ == "LIFNode" for m in model.modules() if is_lif(m))  # fused LIF swapped back
+    assert all(m.kernel == "spikingjelly" for m in model.modules() if is_lif(m))  # fused kernel switched back
 
 
 def test_resume_continues_exactly(tmp_path, small):

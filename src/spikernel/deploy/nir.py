@@ -32,14 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from spikingjelly.activation_based import functional, layer
+from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from spikernel.deploy.fold import ChannelAffine, fold, is_folded
 from spikernel.errors import ExportError
 from spikernel.files import _atomic
 from spikernel.nn.model import SNN
-from spikernel.nn.neuron import is_lif
+from spikernel.nn.layers import StepAvgPool2d
+from spikernel.nn.neuron import LIF, is_lif
 from spikernel.space.genotype import INPUT, NODES, OUTPUT, SKIP, Genotype
 
 NIR_DT = 1e-4  # seconds per step: the NIR convention spikingjelly, snnTorch and most simulators use
@@ -81,6 +82,17 @@ def _step_modules(seq: nn.Module) -> nn.Sequential:
     mods = [_affine_conv(m) if isinstance(m, ChannelAffine) else m for m in seq
             if not isinstance(m, (nn.Identity, nn.Dropout, layer.Dropout))]
     return nn.Sequential(*mods)
+
+
+def _exportable(m: nn.Module) -> nn.Module:
+    """spikingjelly's own class for spikernel's LIF and pool (its exporter maps modules by exact
+    class); the same neuron or pool, single-step."""
+    if isinstance(m, LIF):
+        return neuron.LIFNode(tau=m.tau, decay_input=m.decay_input, v_threshold=m.v_threshold, v_reset=m.v_reset,
+                              surrogate_function=m.surrogate_function, detach_reset=m.detach_reset)
+    if isinstance(m, StepAvgPool2d):
+        return layer.AvgPool2d(m.kernel_size, m.stride, m.padding)
+    return m
 
 
 class StepCell(nn.Module):
@@ -146,6 +158,9 @@ class StepGraph(nn.Module):
             self.readout.bias.copy_(readout.bias.view(m.num_classes, m.votes).mean(1))
         # NIR node name of each LIF -> its name in the SNN (the exporter names nodes by path)
         self.lif_names = {_nir_name(n): snn_names[id(mod)] for n, mod in self.named_modules() if is_lif(mod)}
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                setattr(parent, name, _exportable(child))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cell1(self.stem(x))

@@ -8,21 +8,18 @@ charged potential ``h`` for backward. The arithmetic follows spikingjelly's CPU 
 term (``v + (x - v) / tau``, ATan ``(alpha/2) / (1 + (pi/2 alpha u)^2)``, detached hard reset),
 so spikes and gradients agree bit for bit (tests/test_train.py checks it).
 
-``fused_neurons(model)`` swaps every LIFNode of a model for this subclass while training and puts
-the originals back afterwards; weights are untouched (LIF has no parameters).
+``nn.neuron.LIF`` runs on it with ``kernel = "fused"`` (the training loop's default, through
+``nn.layers.use_kernels``).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
-from spikingjelly.activation_based import functional, neuron, surrogate
-from torch import nn
 
 
-class _LIFSequence(torch.autograd.Function):
+class LIFSequence(torch.autograd.Function):
     """x [T, ...], v [...] -> spikes [T, ...], final v. Hard reset to 0, reset detached from the graph."""
 
     @staticmethod
@@ -57,52 +54,3 @@ class _LIFSequence(torch.autograd.Function):
             grad_x[t] = grad_h / tau
             carry = grad_h - grad_h / tau
         return grad_x.to(ctx.input_dtype), carry, None, None, None
-
-
-class FusedLIFNode(neuron.LIFNode):
-    """spikingjelly's LIFNode (decay_input, hard reset to 0, detached reset, ATan) on ``_LIFSequence``."""
-
-    @classmethod
-    def from_lif(cls, node: neuron.LIFNode) -> FusedLIFNode:
-        if not supports(node):
-            raise ValueError(f"FusedLIFNode covers decay_input, hard reset to 0, detach_reset, ATan; got {node}")
-        return cls(tau=node.tau, decay_input=True, v_threshold=node.v_threshold, v_reset=0.0,
-                   surrogate_function=node.surrogate_function, detach_reset=True, step_mode=node.step_mode)
-
-    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        (v,) = self.materialize_states((x_seq,), tuple(self._memories.values()), "m")
-        spikes, v = _LIFSequence.apply(x_seq, v, float(self.tau), float(self.v_threshold),
-                                       float(self.surrogate_function.alpha))
-        self._memories["v"] = v
-        return spikes
-
-
-def supports(node: nn.Module) -> bool:
-    return (type(node) is neuron.LIFNode and node.decay_input and node.v_reset == 0.0 and node.detach_reset
-            and isinstance(node.surrogate_function, surrogate.ATan) and node.step_mode == "m")
-
-
-@contextmanager
-def fused_neurons(model: nn.Module, enabled: bool = True):
-    """Within the block every supported LIFNode of ``model`` is a FusedLIFNode; restored on exit."""
-    swapped = []
-    if enabled:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if supports(child):
-                    setattr(parent, name, FusedLIFNode.from_lif(child))
-                    swapped.append((parent, name, child))
-        _invalidate_reset_cache(model)
-    try:
-        yield model
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
-        _invalidate_reset_cache(model)
-
-
-def _invalidate_reset_cache(model: nn.Module) -> None:
-    # reset_net caches the list of stateful modules per network; a swap must drop that list.
-    invalidate = getattr(functional, "invalidate_reset_cache", None)
-    if invalidate is not None:
-        invalidate(model)

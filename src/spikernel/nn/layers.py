@@ -1,13 +1,39 @@
-"""BatchNorm that keeps SNASNet's per-timestep semantics while running all T steps at once.
+"""The model's own layers: BatchNorm with SNASNet's per-timestep semantics over all T steps at
+once, multi-step average pooling, and the one switch that picks their kernels.
 
-Convolutions, pooling and dropout come from spikingjelly's multi-step layers.
+Each layer here (and ``nn.neuron.LIF``) has a ``kernel``: ``"spikingjelly"`` (the default) or a
+faster one computing the same values. ``use_kernels(model, name)`` switches every layer that has
+``name`` for the length of a block: ``"fused"`` for training (the LIF), ``"inference"`` for
+scoring (the LIF, BatchNorm and pooling; each falls back to its default where autograd records).
+Convolutions and dropout are spikingjelly's multi-step layers.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
+from spikingjelly.activation_based import layer
 from torch import nn
+
+
+@contextmanager
+def use_kernels(model: nn.Module, name: str, enabled: bool = True):
+    """Within the block every layer of ``model`` that has kernel ``name`` runs on it."""
+    chosen = [m for m in model.modules() if name in getattr(m, "KERNELS", ())] if enabled else []
+    before = [m.kernel for m in chosen]
+    for m in chosen:
+        m.kernel = name
+    try:
+        yield model
+    finally:
+        for m, kernel in zip(chosen, before):
+            m.kernel = kernel
+
+
+def _inference(module: nn.Module) -> bool:
+    return module.kernel == "inference" and not torch.is_grad_enabled()
 
 
 class TimestepBatchNorm2d(nn.BatchNorm2d):
@@ -18,9 +44,17 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
     into the batch would mix the steps' statistics, which changes both the score and training.
     """
 
+    KERNELS = ("spikingjelly", "inference")
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features)
+        self.kernel = "spikingjelly"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             return super().forward(x)
+        if self.training and _inference(self):
+            return batch_norm_steps(self, x)
         steps, batch, channels, height, width = x.shape
         if not self.training and self.track_running_stats:
             return super().forward(x.flatten(0, 1)).view_as(x)
@@ -48,3 +82,54 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
         self.running_mean.copy_(mean)
         self.running_var.copy_(var)
         self.num_batches_tracked += means.shape[0]
+
+
+class StepAvgPool2d(layer.AvgPool2d):
+    """spikingjelly's multi-step average pooling, with PyTorch's values on a faster CPU schedule
+    as its inference kernel (``avg_pool_steps``)."""
+
+    KERNELS = ("spikingjelly", "inference")
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding, step_mode="m")
+        self.kernel = "spikingjelly"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool_steps(self, x) if _inference(self) else super().forward(x)
+
+
+def batch_norm_steps(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm of [B, C, H, W] or [T, B, C, H, W] with statistics per timestep.
+
+    Each step goes through the same kernel as SNASNet's per-step BatchNorm, so the output is
+    bit-identical; the running statistics, which the score never reads, are left alone.
+    """
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+    if x.dim() == 4:
+        return norm(x)
+    if x.shape[0] == 1:
+        return norm(x[0]).unsqueeze(0)
+    out = torch.empty_like(x)
+    for t in range(x.shape[0]):
+        out[t] = norm(x[t])
+    return out
+
+
+def avg_pool_steps(pool: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """Average pooling of [..., C, H, W] with PyTorch's values, channels-last on CPU.
+
+    PyTorch's CPU kernels add each window's inputs in row-major order from zero and divide by the
+    window size, so the channels-last kernel gives the NCHW kernel's values (its copies included)
+    several times faster. The result is NCHW because convolutions round differently
+    channels-last, and one flipped spike moves the score.
+    """
+    args = (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
+            pool.divisor_override)
+    flat = x.flatten(0, x.dim() - 4)
+    if x.device.type != "cpu":
+        y = F.avg_pool2d(flat, *args)
+    else:
+        y = F.avg_pool2d(flat.contiguous(memory_format=torch.channels_last), *args).contiguous()
+    return y.view(*x.shape[:-3], *y.shape[1:])

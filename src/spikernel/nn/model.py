@@ -14,7 +14,7 @@ from spikingjelly.activation_based import functional, layer
 from torch import nn
 
 from spikernel.errors import GenotypeError  # noqa: F401  (raised by Cell, re-exported)
-from spikernel.nn.layers import TimestepBatchNorm2d
+from spikernel.nn.layers import StepAvgPool2d, TimestepBatchNorm2d
 from spikernel.nn.macro import (DATASET_PRESETS, PRESET_NOTES, PRESETS, MacroConfig, default_preset,  # noqa: F401
                                 get_preset, oversized_kernels, register_preset, warn_oversized_kernels)
 from spikernel.nn.neuron import is_lif, lif
@@ -29,7 +29,7 @@ def make_op(code: int, channels: int, macro: MacroConfig) -> nn.Module:
     if code == SKIP:
         return nn.Identity()
     if code == AVGPOOL:
-        return layer.AvgPool2d(3, stride=1, padding=1, step_mode="m")
+        return StepAvgPool2d(3, stride=1, padding=1)
     kernel = kernel_of(code)
     return nn.Sequential(
         lif(macro.tau, macro.threshold),
@@ -55,14 +55,21 @@ class Cell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
+
+    def run(self, x: torch.Tensor, carry: list | None = None, carry_last: bool = True):
+        """Steps [t, B, ...] -> (output, carry): ``carry`` holds what backward edges carry from the
+        step before ``x`` into its first (None: at rest), and the result what the last step carries
+        on, so a sequence may run a few steps per call. ``carry_last=False``: nothing reads the last
+        step's carry (see ``_step``)."""
         if not self.backward_edges:
-            return self._step(x, [None] * NODES)[0]
-        carry: list[torch.Tensor | None] = [None] * NODES
+            return self._step(x, [None] * NODES)[0], None
+        carry = carry or [None] * NODES
         outputs = []
         for t in range(x.shape[0]):  # the LIFs keep their state between these 1-step calls
-            out, carry = self._step(x[t : t + 1], carry)
+            out, carry = self._step(x[t : t + 1], carry, carry_out=carry_last or t < x.shape[0] - 1)
             outputs.append(out)
-        return torch.cat(outputs)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), carry
 
     def _step(self, x_in, carry, carry_out: bool = True):
         """Nodes in order; node i's outgoing ops see its value plus what backward edges carried in.
@@ -128,13 +135,13 @@ class SNN(nn.Module):
             lif(m.tau, m.threshold),
             layer.Conv2d(c, 2 * c, 3, padding=1, bias=False, step_mode="m"),
             TimestepBatchNorm2d(2 * c),
-            layer.AvgPool2d(2, 2, step_mode="m"),
+            StepAvgPool2d(2, 2),
         )
         self.cell2 = Cell(genotype, 2 * c, m)
         self.last = nn.Sequential(
             TimestepBatchNorm2d(2 * c),
             lif(m.tau, m.threshold),
-            layer.AvgPool2d(m.second_pool, m.second_pool, step_mode="m"),
+            StepAvgPool2d(m.second_pool, m.second_pool),
         )
         self.head = nn.Sequential(
             layer.Dropout(m.dropout, step_mode="m"),
@@ -176,6 +183,28 @@ class SNN(nn.Module):
         x = self.last(x).flatten(2)
         x = self.head(x)
         return x.view(*x.shape[:2], self.macro.num_classes, self.macro.votes).mean(-1)
+
+    def fire(self, images: torch.Tensor, steps_per_pass: int | None = None) -> None:
+        """Every LIF fires as in ``forward_steps``, ``steps_per_pass`` timesteps at a time (all T by
+        default), and nothing runs that only the logits need: the output Linear and the vote after
+        the head's LIF, and at the last step the convolutions of backward edges, whose output would
+        enter the step after it. For observers of spikes (``neuron.spikes_seen``), e.g. the score.
+
+        The neurons keep their state between passes, so the spikes are those of one pass over all
+        T; one step at a time holds 1/T of the activations and, on CPU, convolving B images T times
+        costs what convolving T*B once does.
+        """
+        functional.reset_net(self)
+        static = self.stem(images)
+        steps = self.macro.timesteps
+        per_pass = steps_per_pass or steps
+        carries = [None, None]
+        for start in range(0, steps, per_pass):
+            x = static.unsqueeze(0).expand(min(per_pass, steps - start), *static.shape)
+            final = start + per_pass >= steps
+            x, carries[0] = self.cell1.run(x, carries[0], carry_last=not final)
+            x, carries[1] = self.cell2.run(self.reduction(x), carries[1], carry_last=not final)
+            self.head[:-1](self.last(x).flatten(2))
 
 
 def build_model(genotype: Genotype | str, macro: MacroConfig | str, device: torch.device | str | None = None) -> SNN:

@@ -26,7 +26,7 @@ from spikernel.training.checkpoint import METRICS_FILE, load_checkpoint, save_ch
 from spikernel.data.datasets import Dataset, Split
 from spikernel.training.distributed import SINGLE, World, wrap
 from spikernel.errors import ConfigError, SpikernelError
-from spikernel.nn.fused import fused_neurons
+from spikernel.nn.layers import use_kernels
 from spikernel.nn.neuron import is_lif
 from spikernel.heap import kept_freed_memory
 
@@ -54,7 +54,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; None = on for CUDA GPUs with bf16
     channels_last: bool | None = None  # None = on for CUDA GPUs
     compile: bool = False  # torch.compile the training step (a slow first batch, faster after)
-    fused_lif: bool = True  # train with fused.FusedLIFNode (same numbers as spikingjelly's LIF)
+    fused_lif: bool = True  # train on the LIF's fused kernel (same numbers as spikingjelly's)
     eval_batch: int = 256
 
     def __post_init__(self):
@@ -404,7 +404,7 @@ def training_step_model(model: nn.Module, config: TrainConfig, device: torch.dev
     The fused LIFs are swapped back out when the block ends; the weights are ``model``'s throughout.
     """
     # on a CPU, activations are reused instead of page-faulted in afresh every step
-    with kept_freed_memory() if device.type == "cpu" else nullcontext(), fused_neurons(model, config.fused_lif):
+    with kept_freed_memory() if device.type == "cpu" else nullcontext(), use_kernels(model, "fused", config.fused_lif):
         step_model = wrap(model, world, device)
         yield torch.compile(step_model) if config.compile else step_model
 
