@@ -37,7 +37,8 @@ def _inference(module: nn.Module) -> bool:
 
 
 class TimestepBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm over [T, B, C, H, W] with statistics per timestep, as T separate calls would give.
+    """BatchNorm over [T, B, C, H, W] with statistics per timestep, as T separate calls would give
+    (over [B, C, H, W], an ordinary BatchNorm).
 
     SNASNet applies an ordinary BatchNorm once per timestep: in training each step is normalised
     by its own batch statistics and the running averages take T momentum updates. Flattening T
@@ -51,10 +52,10 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
         self.kernel = "spikingjelly"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            return super().forward(x)
         if self.training and _inference(self):
             return batch_norm_steps(self, x)
+        if x.dim() == 4:
+            return super().forward(x)
         steps, batch, channels, height, width = x.shape
         if not self.training and self.track_running_stats:
             return super().forward(x.flatten(0, 1)).view_as(x)

@@ -127,7 +127,7 @@ class SNN(nn.Module):
         c, m = macro.width, macro
         self.stem = nn.Sequential(
             nn.Conv2d(m.in_channels, c, 3, stride=m.stem_stride, padding=1, bias=False),
-            nn.BatchNorm2d(c),
+            TimestepBatchNorm2d(c),
         )
         self.cell1 = Cell(genotype, c, m)
         self.reduction = nn.Sequential(
