@@ -100,7 +100,7 @@ class Candidate:
     @property
     def name(self) -> str:
         """The cell's text form, with the searched macro values in brackets when there are any."""
-        return str(self.genotype) + (f" [{choice_label(self.choice)}]" if self.choice else "")
+        return candidate_name(str(self.genotype), self.choice)
 
     @property
     def slug(self) -> str:
@@ -118,6 +118,11 @@ class Candidate:
             "status": self.status,
             **(self.energy or {}),
         }
+
+
+def candidate_name(genotype: str, choice: dict | None = None) -> str:
+    """``0302 0030 3003 0000 [width=8,hidden=32]``; the genotype alone without searched macro values."""
+    return genotype + (f" [{choice_label(choice)}]" if choice else "")
 
 
 def candidate_slug(genotype: str, choice: dict | None = None) -> str:
