@@ -228,14 +228,13 @@ def parse_values(name: str, text: str) -> tuple[int, ...]:
     """``"8,16,32"`` as the values of macro setting ``name`` (one value: an override)."""
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
-        raise ConfigError(f"--{name.replace('_', '-')} has no values: the product of the dimensions is empty")
+        raise ConfigError(f"no {name} values given: the product of the dimensions is empty")
     values = []
     for part in parts:
         try:
             values.append(int(part))
         except ValueError:
-            raise ConfigError(f"--{name.replace('_', '-')} takes positive integers separated by commas, "
-                              f"got {part!r} in {text!r}") from None
+            raise ConfigError(f"expected positive integers separated by commas, got {part!r} in {text!r}") from None
     return _values(name, values)
 
 
