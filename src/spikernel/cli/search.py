@@ -112,7 +112,7 @@ def summary_table(result: dict, out: Path) -> Table:
                                      if len(chosen.get("objectives", ())) > 2 else ""))]
         refined = chosen.get("refined")
         if refined:
-            outcomes = ", ".join(f"{r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
+            outcomes = ", ".join(f"{r.get('name') or r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
                                  for r in refined["outcomes"])
             rows.append(("refined", f"best {refined['candidates']} trained up to {refined['epochs']} epochs on "
                                     f"{refined['validation_images']} held-out images in {refined['seconds']:.0f} s: "

@@ -342,7 +342,10 @@ class SnasnetSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return genotype_params(self.genotype(trial.user_attrs[SLOT_ATTR]), self.cell)[param_name]
+        slot = trial.user_attrs[SLOT_ATTR]
+        if param_name.startswith("macro_"):
+            return self.choice(slot)[param_name.removeprefix("macro_")]
+        return genotype_params(self.genotype(slot), self.cell)[param_name]
 
 
 def make_sampler(name: str, kernel_set: KernelSet, cell: str, seed: int,
