@@ -63,6 +63,28 @@ def trained_like(genotype: str, preset: str = "fmnist-tiny", dtype=torch.float64
 
 
 
+def built_counts(net) -> tuple[int, int]:
+    """(parameters, BatchNorm running statistics) of a built network, as torch counts them."""
+    params = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for name, b in net.named_buffers() if "running" in name)
+    return params, buffers
+
+
+def lif_neurons(net, macro) -> dict[int, int]:
+    """Neurons per LIF layer, measured from one forward (a layer called per timestep counts once)."""
+    from spikernel.nn.neuron import is_lif
+
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), o[0, 0].numel()))
+             for m in net.modules() if is_lif(m)]
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, macro.in_channels, macro.image_size, macro.image_size))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
 # The reference builds edge modules column by column (SNASNet's order).
 _FORWARD = [(row, col) for col in range(1, NODES) for row in range(col)]
 _BACKWARD = [(row, col) for col in range(NODES - 1) for row in range(col + 1, NODES)]

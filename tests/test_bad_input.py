@@ -310,6 +310,35 @@ def test_help_states_the_accepted_budget_forms(command):
     assert code == 0 and "500K" in text and "800KB" in text and "MiB" in text and "Exponents (1e3)" in text
 
 
+# --------------------------------------------------------------------------- macro dimensions and objectives
+
+# (extra search options, fragment of the one error line): each refused before the study is touched.
+BAD_SEARCH_SETTINGS = {
+    "width-zero": (["--width", "8,0"], "width values must be positive integers, got 0"),
+    "hidden-not-a-number": (["--hidden", "32,abc"], "got 'abc' in '32,abc'"),
+    "empty-product": (["--votes", ","], "the product of the dimensions is empty"),
+    "invalid-combination": (["--second-pool", "2,30"], "macro combination second_pool=30 is invalid"),
+    "state-budget-no-combination-meets": (["--width", "4,8", "--state-budget", "1KB"],
+                                          "smallest possible network (at width=4) holds"),
+    "weight-budget-no-combination-meets": (["--width", "4,8", "--budget", "1K"],
+                                           "smallest possible network (at width=4) has"),
+    "energy-budget-no-combination-meets": (["--width", "4,8", "--energy-budget", "10nJ"],
+                                           "(at width=4) spends"),
+    "nsga2-without-a-second-objective": (["--sampler", "nsga2", "--objectives", "score"], "second objective"),
+    "unknown-objective": (["--objectives", "score,speed"], "unknown objective 'speed'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SEARCH_SETTINGS))
+def test_bad_macro_dimensions_and_objectives_are_one_line_and_leave_the_study(world, case):
+    extra, fragment = BAD_SEARCH_SETTINGS[case]
+    before = snapshot(world.searched)
+    code, out, err = cli("search", "-k", "1x1_3x3", *TINY, "-n", 2, "--batch", 8, "--repeats", 1, *extra,
+                         "-o", world.searched)
+    assert_one_error(code, out, err, fragment)
+    assert snapshot(world.searched) == before
+
+
 # --------------------------------------------------------------------------- genotypes and kernels
 
 

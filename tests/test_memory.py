@@ -9,25 +9,7 @@ from spikernel.nn.footprint import BIT_WIDTHS, Budget, footprint, min_footprint
 from spikernel.nn.model import build_model, get_preset
 from spikernel.nn.neuron import is_lif
 from spikernel.space.genotype import KERNEL_SETS, Genotype, KernelSet, sample_many
-
-
-def built_counts(net):
-    params = sum(p.numel() for p in net.parameters())
-    buffers = sum(b.numel() for name, b in net.named_buffers() if "running" in name)
-    return params, buffers
-
-
-def lif_neurons(net, macro):
-    """Neurons per LIF layer, measured from one forward (a layer called per timestep counts once)."""
-    sizes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), o[0, 0].numel()))
-             for m in net.modules() if is_lif(m)]
-    net.eval()
-    with torch.no_grad():
-        net(torch.zeros(1, macro.in_channels, macro.image_size, macro.image_size))
-    for h in hooks:
-        h.remove()
-    return sizes
+from helpers import built_counts, lif_neurons
 
 
 @pytest.mark.parametrize("kernel_set", list(KERNEL_SETS.values()) + [KernelSet.parse("1,9,11")], ids=str)

@@ -6,7 +6,7 @@
 
 __version__ = "0.1.0"
 
-_API = ("proxies", "load_dataset", "preset", "MacroConfig", "Genotype", "kernel_set", "sample", "footprint", "score", "search",
+_API = ("proxies", "load_dataset", "preset", "MacroConfig", "MacroSpace", "Genotype", "kernel_set", "sample", "footprint", "score", "search",
         "build", "train", "evaluate", "explore", "select", "quantize", "energy", "export", "load", "Scored",
         "Evaluation", "SearchResult", "TrainResult", "TrainConfig", "Dataset")
 

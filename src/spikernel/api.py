@@ -25,6 +25,7 @@ from spikernel.nas.run import SearchResult, as_dataset, as_macro
 from spikernel.nas.run import search  # noqa: F401  (sk.search: the whole search in one call)
 from spikernel.nn.footprint import Footprint
 from spikernel.nn.footprint import footprint as _footprint
+from spikernel.nn.macro import MacroSpace
 from spikernel.nn.model import SNN, MacroConfig, get_preset
 from spikernel.space.genotype import Genotype, KernelSet, sample_many
 from spikernel.training.loop import TrainConfig
@@ -33,7 +34,7 @@ from spikernel.training.run import train as _train
 
 DEFAULT_PROXY = "sahd"  # SNASNet's score; docs/EVIDENCE.md has what the ground truth says of each proxy
 
-__all__ = ["proxies", "load_dataset", "preset", "MacroConfig", "Genotype", "kernel_set", "sample", "footprint", "score",
+__all__ = ["proxies", "load_dataset", "preset", "MacroConfig", "MacroSpace", "Genotype", "kernel_set", "sample", "footprint", "score",
            "search", "build", "train", "evaluate", "explore", "select", "quantize", "energy", "export", "load",
            "Scored", "Evaluation", "SearchResult", "TrainResult", "TrainConfig", "Dataset"]
 

@@ -12,7 +12,8 @@ from spikernel.data import DEFAULT_DATASET
 from spikernel.selection.settings import ExploreSettings
 from .group import main
 from .render import rendered_events
-from .options import BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option, threads_option
+from .options import (BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option, macro_options,
+                      macro_values, threads_option)
 
 _D = ExploreSettings()
 
@@ -57,8 +58,7 @@ def explore_options(defaults: ExploreSettings = _D):
         click.option("--repeats", type=click.IntRange(min=1), default=_D.repeats, show_default=True),
         click.option("--train-batch", type=click.IntRange(min=1), default=_D.train_batch, show_default=True),
         click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only."),
-        click.option("--timesteps", "-T", type=click.IntRange(min=1), default=_D.timesteps,
-                     show_default=_D.timesteps is not None, help="Override the preset's timesteps T."),
+        macro_options({"timesteps": _D.timesteps}),
         click.option("--seed", type=int, default=_D.seed, show_default=True),
         click.option("--fidelity", default=_D.fidelity,
                      help="Multi-fidelity search, as in `spikernel search` (e.g. fast or batch=16,repeats=1,top=0.02)."),
@@ -88,8 +88,14 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None, str]:
     kernel_sets = kernels or (tuple(k.strip() for k in listed.split(",") if k.strip()) if listed is not None
                               else ExploreSettings().kernel_sets)
     budget = options.pop("budget")
+    macro = macro_values(options)
+    timesteps = macro.pop("timesteps", None)
+    if timesteps is not None and len(timesteps) > 1:
+        macro["timesteps"] = timesteps  # searched; a single T stays the plain override it always was
     settings = ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
-                               budget=None if budget is None or budget.lower() == "none" else budget, **options)
+                               budget=None if budget is None or budget.lower() == "none" else budget,
+                               timesteps=timesteps[0] if timesteps is not None and len(timesteps) == 1 else None,
+                               macro_values=macro, **options)
     if download:
         from spikernel.data.datasets import load_dataset
 

@@ -6,7 +6,7 @@ import click
 
 from spikernel.errors import SpikernelError
 from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
-from spikernel.nn.macro import PRESETS
+from spikernel.nn.macro import PRESETS, parse_values
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
 
 
@@ -50,6 +50,57 @@ class DurationType(_Parsed):
 
 
 DURATION = DurationType()
+
+
+class MacroValuesType(click.ParamType):
+    """``8`` (an override) or ``8,16,32`` (a search dimension): the values of one macro setting."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        if isinstance(value, int):
+            return (value,)
+        setting = param.name if param is not None else "value"
+        try:
+            return parse_values(setting, value)
+        except SpikernelError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+MACRO_VALUES = MacroValuesType()
+# The macro settings a search can vary, as options: (flag, setting, help). One value overrides the
+# preset; a comma-separated list makes the setting a search dimension beside the cell.
+MACRO_OPTIONS = (
+    ("--width", "width", "cell width C"),
+    ("--hidden", "hidden", "head hidden width H"),
+    ("--votes", "votes", "output neurons per class V"),
+    ("--second-pool", "second_pool", "pooling before the head p"),
+    ("--stem-stride", "stem_stride", "stem stride s"),
+    ("--timesteps", "timesteps", "timesteps T"),
+)
+
+
+def macro_options(defaults: dict | None = None):
+    """The ``MACRO_OPTIONS`` on a command (``-T`` for ``--timesteps``); ``defaults`` by setting name."""
+    defaults = defaults or {}
+
+    def decorate(f):
+        for flag, setting, about in reversed(MACRO_OPTIONS):
+            names = (flag, "-T") if setting == "timesteps" else (flag,)
+            default = defaults.get(setting)
+            f = click.option(*names, setting, type=MACRO_VALUES, default=default, show_default=default is not None,
+                             help=f"The {about}: N overrides the preset; N,N,... searches over the values.")(f)
+        return f
+
+    return decorate
+
+
+def macro_values(options: dict) -> dict[str, tuple[int, ...]]:
+    """The macro settings given (removed from ``options``): {setting: values}."""
+    given = {setting: options.pop(setting) for _, setting, _ in MACRO_OPTIONS if setting in options}
+    return {setting: values for setting, values in given.items() if values is not None}
 RECIPE_NAMES = ("fast", "snasnet")  # spikernel.training.recipe.RECIPES, without importing torch here
 RECIPE = click.Choice(RECIPE_NAMES)
 
@@ -65,6 +116,9 @@ def apply_threads(threads: int | None) -> int:
 
     return use_threads(threads)
 
+
+OBJECTIVES_HELP = ("What --sampler nsga2 trades off, and selection.json's pareto is over: score,footprint (default) "
+                   "or score,footprint,energy [energy too under an --energy-budget].")
 
 BUDGET_HELP = (f"Memory limit: {BUDGET_FORMS}; bytes count weights at --bits. Exponents (1e3), signs, "
                "inf and nan are refused.")

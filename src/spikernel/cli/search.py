@@ -9,9 +9,10 @@ from rich.table import Table
 
 from spikernel.data import DEFAULT_DATASET
 from spikernel.nas import SAMPLERS
-from spikernel.nn.macro import default_preset, get_preset
+from spikernel.nn.macro import MacroSpace, default_preset, get_preset
 from .group import main
-from .options import BITS, BUDGET_HELP, CELL, KERNELS, PRESET, apply_threads, download_option, threads_option
+from .options import (BITS, BUDGET_HELP, CELL, KERNELS, OBJECTIVES_HELP, PRESET, apply_threads, download_option,
+                      macro_options, threads_option)
 from .render import rendered_events, stdout
 
 
@@ -33,12 +34,12 @@ from .render import rendered_events, stdout
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch (the same option in explore, run and score).")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Scoring batches (averaged).")
-@click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the preset's timesteps T.")
 @click.option("--preset", "-p", type=PRESET, help="Macro-architecture preset [the dataset's: fmnist-small for fashion-mnist-mini, fmnist for fashion-mnist, ...].")
-@click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
+@macro_options()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the cell stream, scoring batches and weights.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
-              help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint).")
+              help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint, and energy: --objectives).")
+@click.option("--objectives", help=OBJECTIVES_HELP)
 @click.option("--storage", help="Optuna RDB URL shared by workers (postgresql://...) [sqlite in --out].")
 @click.option("--study", "study_name", default="search", show_default=True, help="Study name inside the storage.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
@@ -57,16 +58,19 @@ from .render import rendered_events, stdout
               help="Training images held out for refinement's validation accuracy.")
 @threads_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, timesteps,
-           preset, width, seed, sampler, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
-           refine_epochs, validation, state_budget, state_bits, energy_budget, threads):
-    """Score N sampled cells of a kernel set without training, under a memory budget; resumable."""
+def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, preset, seed,
+           sampler, objectives, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
+           refine_epochs, validation, state_budget, state_bits, energy_budget, threads, **macro):
+    """Score N sampled cells of a kernel set without training, under a memory budget; resumable.
+
+    A macro setting given as a list (--width 8,16,32) is searched alongside the cell."""
     from spikernel.data.datasets import load_dataset
     from spikernel.nas.run import search as run_search
 
     apply_threads(threads)
     data = load_dataset(dataset, data_dir, download)
-    macro = get_preset(preset or default_preset(data.name), width=width, timesteps=timesteps)
+    macro = MacroSpace.of(get_preset(preset or default_preset(data.name)),
+                          {setting: values for setting, values in macro.items() if values is not None})
     with rendered_events() as on_event:
         result = run_search(kernels, macro, data, candidates=candidates, budget=budget, bits=int(bits), cell=cell,
                             batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,
@@ -74,7 +78,7 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
                             validation=validation, state_budget=state_budget,
                             state_bits=int(state_bits) if state_bits else None, energy_budget=energy_budget,
-                            on_event=on_event)
+                            objectives=objectives, on_event=on_event)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 
@@ -85,6 +89,8 @@ def summary_table(result: dict, out: Path) -> Table:
     per = timing["seconds_per_scored_candidate"]
     rows = [
         ("kernel set", f"{settings['kernels']} ({settings['cell']} cells, sampler {settings['sampler']})"),
+        *([("macro dimensions", ", ".join(f"{k} {','.join(map(str, v))}" for k, v in chosen["macro_dimensions"].items()))]
+          if chosen.get("macro_dimensions") else []),
         ("budget", chosen["budget"] or "none"),
         ("candidates", f"{sum(counts.values())}: {counts['scored']} scored, {counts['duplicate']} repeats reused, "
                        f"{counts['over_budget']} over budget"
@@ -97,13 +103,16 @@ def summary_table(result: dict, out: Path) -> Table:
                                      + (f", {per['mean']:.3f} s per scored candidate" if per else "")))
     if chosen["best"]:
         b = chosen["best"]
-        rows += [("best", f"{b['genotype']} (trial {b['trial']}, {b['cell']})"),
+        at = ", ".join(f"{k}={b[k]}" for k in chosen.get("macro_dimensions", {}))
+        rows += [("best", f"{b['genotype']} (trial {b['trial']}, {b['cell']}{', ' + at if at else ''})"),
                  ("score", f"{b['score']:.4f}" if b["score"] is not None else "-inf"),
                  ("footprint", f"{b['params']:,} parameters, {b['footprint_bytes']:,} bytes at {chosen['bits']} bits"),
-                 ("pareto front", f"{len(chosen['pareto_front'])} candidates")]
+                 ("pareto front", f"{len(chosen['pareto_front'])} candidates"
+                                  + (f"; {len(chosen['pareto'])} over {', '.join(chosen['objectives'])}"
+                                     if len(chosen.get("objectives", ())) > 2 else ""))]
         refined = chosen.get("refined")
         if refined:
-            outcomes = ", ".join(f"{r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
+            outcomes = ", ".join(f"{r.get('name') or r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
                                  for r in refined["outcomes"])
             rows.append(("refined", f"best {refined['candidates']} trained up to {refined['epochs']} epochs on "
                                     f"{refined['validation_images']} held-out images in {refined['seconds']:.0f} s: "

@@ -14,8 +14,10 @@ How work is shared without loss or double counting, using only the storage's ato
 - a running trial sends heartbeats; one whose worker was killed goes stale, is failed, and its
   slot is empty again, so the next worker (or a rerun of the same command) redoes it.
 
-Footprints are analytic, so over-budget candidates are recorded and never built; a genotype
-already scored in the study reuses that score.
+A candidate is a cell and, when the search varies macro settings (``MacroSpace``), one
+combination of them; slot k's combination comes from its own seeded draw, so the cells are those of
+a search without dimensions. Footprints are analytic, so over-budget candidates are recorded and
+never built; a (cell, combination) already scored in the study reuses that score.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from spikernel import __version__
 from spikernel.nas import SAMPLERS
 from spikernel.errors import ConfigError, SpikernelError
-from spikernel.nn.energy import EnergyBudget, OpsReport
-from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint
-from spikernel.nn.model import MacroConfig
+from spikernel.nn.energy import E_MAC_PJ, EnergyBudget, OpsReport
+from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint, stem_macs
+from spikernel.nn.macro import MacroConfig, MacroSpace, choice_label
 from spikernel.proxy.sahd import score_genotype, scoring_batches
 from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
 from spikernel.files import _atomic, write_json
@@ -62,7 +64,9 @@ SCORED, OVER_BUDGET, DUPLICATE, SUPERSEDED = "scored", "over_budget", "duplicate
 DIRECTIONS = ("forward", "backward")
 SETTINGS_ATTR, SLOT_ATTR, RECORD_ATTR = "spikernel", "slot", "candidate"
 CSV_FIELDS = ["trial", "genotype", "params", "footprint_bytes", "score", "seconds", "status"]
-
+# What NSGA-II optimises (and selection.json's ``pareto`` is over), with each one's direction.
+OBJECTIVES = {"score": "maximize", "footprint": "minimize", "energy": "minimize"}
+MACRO_STREAM = 1  # the random sampler draws slot k's macro combination from SeedSequence([seed, 1, k])
 
 
 class StorageError(SpikernelError):
@@ -84,12 +88,29 @@ class Candidate:
     score: float | None = None
     seconds: float = 0.0
     status: str = SCORED
-    energy: dict | None = None  # {"sops", "energy_uj"} estimated at initialisation, under an energy budget
+    energy: dict | None = None  # {"sops", "energy_uj"} estimated at initialisation (energy budget or objective)
+    macro: MacroConfig | None = None  # the network's settings: the search's, at this candidate's combination
+    choice: dict[str, int] = field(default_factory=dict)  # the searched macro settings' values ({} without any)
+
+    @property
+    def key(self) -> str:
+        """What makes two candidates the same network: the pruned cell and the searched macro values."""
+        return self.genotype.key + (f"|{choice_label(self.choice)}" if self.choice else "")
+
+    @property
+    def name(self) -> str:
+        """The cell's text form, with the searched macro values in brackets when there are any."""
+        return candidate_name(str(self.genotype), self.choice)
+
+    @property
+    def slug(self) -> str:
+        return candidate_slug(str(self.genotype), self.choice)
 
     def row(self, bits: int = 32) -> dict:
         return {
             "trial": self.trial,
             "genotype": str(self.genotype),
+            **self.choice,
             "params": self.footprint.params,
             "footprint_bytes": self.footprint.bytes(bits),
             "score": self.score,
@@ -99,29 +120,69 @@ class Candidate:
         }
 
 
+def candidate_name(genotype: str, choice: dict | None = None) -> str:
+    """``0302 0030 3003 0000 [width=8,hidden=32]``; the genotype alone without searched macro values."""
+    return genotype + (f" [{choice_label(choice)}]" if choice else "")
+
+
+def candidate_slug(genotype: str, choice: dict | None = None) -> str:
+    """A folder name for a candidate: ``0302-0030-3003-0000``, then ``-width8-hidden32`` per searched setting."""
+    return genotype.replace(" ", "-") + "".join(f"-{name}{value}" for name, value in (choice or {}).items())
+
+
 def candidate_summary(c: Candidate, bits: int = 32) -> dict:
     row = c.row(bits)
     if row["score"] is not None and not math.isfinite(row["score"]):
         row["score"] = None  # JSON has no -inf; the CSV keeps it
-    return {**row, "cell": c.genotype.cell_type, "footprint": asdict(c.footprint)}
+    return {**row, "cell": c.genotype.cell_type, "footprint": asdict(c.footprint),
+            **({"macro": c.macro.to_dict()} if c.macro is not None else {})}
 
 
-def check_state_budget_reachable(budget: StateBudget | None, macro: MacroConfig) -> None:
-    """Fail before any scoring when even the smallest possible cell holds too much neuron state."""
-    smallest = min_footprint(macro)
-    if budget is not None and not budget.fits(smallest):
-        raise ConfigError(f"no candidate can meet the state budget of {budget}: the smallest possible network "
+def _settings(macro: MacroConfig | MacroSpace) -> list[MacroConfig]:
+    return macro.combinations() if isinstance(macro, MacroSpace) else [macro]
+
+
+def _smallest(macro: MacroConfig | MacroSpace, size: Callable[[Footprint], int]) -> tuple[Footprint, str]:
+    """The smallest network by ``size`` over every combination, and its combination (`` at width=8``)."""
+    fp, m = min(((min_footprint(m), m) for m in _settings(macro)), key=lambda pair: size(pair[0]))
+    label = choice_label(macro.choice_of(m)) if isinstance(macro, MacroSpace) else ""
+    return fp, f" (at {label})" if label else ""
+
+
+def check_state_budget_reachable(budget: StateBudget | None, macro: MacroConfig | MacroSpace) -> None:
+    """Fail before any scoring when even the smallest possible network of any combination holds too
+    much neuron state."""
+    if budget is None:
+        return
+    smallest, at = _smallest(macro, lambda fp: fp.lif_neurons)
+    if not budget.fits(smallest):
+        raise ConfigError(f"no candidate can meet the state budget of {budget}: the smallest possible network{at} "
                           f"holds {smallest.state_bytes(budget.bits):,} bytes ({smallest.lif_neurons:,} neurons)")
 
 
-def check_budget_reachable(budget: Budget | None, macro: MacroConfig) -> None:
-    """Fail before any scoring when even the smallest possible cell is over budget."""
+def check_budget_reachable(budget: Budget | None, macro: MacroConfig | MacroSpace) -> None:
+    """Fail before any scoring when even the smallest possible cell of any combination is over budget."""
     if budget is None:
         return
-    smallest = min_footprint(macro)
+    smallest, at = _smallest(macro, budget.cost)
     if not budget.fits(smallest):
         have = f"{smallest.params:,} parameters" if budget.unit == "params" else f"{smallest.bytes(budget.bits):,} bytes"
-        raise ConfigError(f"no candidate can meet the budget of {budget}: the smallest possible network has {have}")
+        raise ConfigError(f"no candidate can meet the budget of {budget}: the smallest possible network{at} has {have}")
+
+
+def check_energy_budget_reachable(budget: EnergyBudget | None, macro: MacroConfig | MacroSpace) -> None:
+    """Fail before any scoring when an energy budget is below what the stem convolution alone costs
+    in every combination (spikes only add to it; a SOP budget is always reachable by a silent network)."""
+    if budget is None or budget.unit != "pJ":
+        return
+    settings = _settings(macro)
+    least = min(settings, key=stem_macs)
+    floor = stem_macs(least) * E_MAC_PJ
+    if floor > budget.limit:
+        label = choice_label(macro.choice_of(least)) if isinstance(macro, MacroSpace) else ""
+        raise ConfigError(f"no candidate can meet the energy budget of {budget}: the smallest possible network"
+                          f"{f' (at {label})' if label else ''} spends {floor / 1e6:g} uJ on its stem convolution "
+                          f"alone ({stem_macs(least):,} multiply-accumulates)")
 
 
 def best(candidates: Iterable[Candidate]) -> Candidate:
@@ -133,11 +194,12 @@ def best(candidates: Iterable[Candidate]) -> Candidate:
 
 
 def top_k(candidates: Iterable[Candidate], k: int) -> list[Candidate]:
-    """The ``k`` best distinct architectures (a repeated genotype appears once, at its first slot)."""
+    """The ``k`` best distinct networks (a repeated cell at the same macro values appears once, at its
+    first slot)."""
     seen, top = set(), []
     for c in sorted((c for c in candidates if c.score is not None), key=lambda c: (-c.score, c.trial)):
-        if c.genotype.key not in seen:
-            seen.add(c.genotype.key)
+        if c.key not in seen:
+            seen.add(c.key)
             top.append(c)
     return top[:k]
 
@@ -152,6 +214,41 @@ def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
             front.append(c)
             best_score = c.score
     return front
+
+
+def objective_values(c: Candidate, objectives: Sequence[str], bits: int = 32) -> list[float]:
+    """A scored candidate's value of each objective: score, footprint (bytes at ``bits``), energy (uJ)."""
+    values = {"score": c.score, "footprint": c.footprint.bytes(bits),
+              "energy": (c.energy or {}).get("energy_uj", math.inf)}
+    return [values[name] for name in objectives]
+
+
+def pareto(candidates: Iterable[Candidate], objectives: Sequence[str], bits: int = 32) -> list[Candidate]:
+    """Scored networks no other one dominates over ``objectives`` (at least as good in every one,
+    better in one), each distinct network once at its first slot; by footprint, then score."""
+    signs = [1 if OBJECTIVES[name] == "minimize" else -1 for name in objectives]
+    lowest = lambda c: [s * v for s, v in zip(signs, objective_values(c, objectives, bits))]  # noqa: E731
+    distinct = {}
+    for c in sorted((c for c in candidates if c.score is not None), key=lambda c: c.trial):
+        distinct.setdefault(c.key, c)
+    # In lexicographic order no later candidate dominates an earlier one: each is compared with the front only.
+    front: list[tuple[list[float], Candidate]] = []
+    for c in sorted(distinct.values(), key=lambda c: (lowest(c), c.trial)):
+        mine = lowest(c)
+        if not any(all(a <= b for a, b in zip(theirs, mine)) for theirs, _ in front):
+            front.append((mine, c))
+    return sorted((c for _, c in front), key=lambda c: (c.footprint.stored_values, -c.score, c.trial))
+
+
+def budget_picks(candidates: Iterable[Candidate], cost: Callable[[Candidate], float]) -> list[tuple[float, Candidate]]:
+    """What a budget on ``cost`` picks at each level where the pick changes: (budget, highest-scoring
+    candidate costing at most that), cheapest first."""
+    picks, best_score = [], -math.inf
+    for c in sorted((c for c in candidates if c.score is not None), key=lambda c: (cost(c), -c.score, c.trial)):
+        if c.score > best_score:
+            picks.append((cost(c), c))
+            best_score = c.score
+    return picks
 
 
 # --------------------------------------------------------------------------- the cell as Optuna parameters
@@ -207,15 +304,23 @@ def suggest_genotype(trial: optuna.Trial, kernel_set: KernelSet, cell: str) -> G
     return params_genotype({name: trial.suggest_categorical(name, d.choices) for name, d in space.items()})
 
 
+def suggest_choice(trial: optuna.Trial, space: MacroSpace) -> dict[str, int]:
+    """The macro combination a trial's sampler picks: one categorical ``macro_<name>`` per dimension."""
+    return {name: trial.suggest_categorical(f"macro_{name}", values) for name, values in space.dimensions}
+
+
 class SnasnetSampler(optuna.samplers.BaseSampler):
     """SNASNet's random sampling as an Optuna sampler: slot k gets the k-th cell of ``space.sample``.
 
     The stream is seeded once, so it is the one ``spikernel sample --seed S`` prints, whatever
-    order workers fill the slots in, and a retried slot gets back the same cell.
+    order workers fill the slots in, and a retried slot gets back the same cell. Slot k's macro
+    combination (when the search has macro dimensions) is drawn uniformly from a generator of its
+    own, seeded with (seed, ``MACRO_STREAM``, k): the cells stay those of a search without
+    dimensions, and slot k's combination does not depend on any other slot.
     """
 
-    def __init__(self, kernel_set: KernelSet, cell: str, seed: int):
-        self.kernel_set, self.cell = kernel_set, cell
+    def __init__(self, kernel_set: KernelSet, cell: str, seed: int, macro: MacroSpace | None = None):
+        self.kernel_set, self.cell, self.seed, self.macro = kernel_set, cell, seed, macro
         self._rng = np.random.default_rng(seed)
         self._stream: list[Genotype] = []
 
@@ -224,6 +329,12 @@ class SnasnetSampler(optuna.samplers.BaseSampler):
             self._stream.append(sample(self.kernel_set, self.cell, self._rng))
         return self._stream[slot]
 
+    def choice(self, slot: int) -> dict[str, int]:
+        if self.macro is None or not self.macro.dimensions:
+            return {}
+        index = int(np.random.default_rng([self.seed, MACRO_STREAM, slot]).integers(self.macro.size))
+        return self.macro.choice_of(self.macro.combination(index))
+
     def infer_relative_search_space(self, study, trial):
         return {}
 
@@ -231,12 +342,16 @@ class SnasnetSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return genotype_params(self.genotype(trial.user_attrs[SLOT_ATTR]), self.cell)[param_name]
+        slot = trial.user_attrs[SLOT_ATTR]
+        if param_name.startswith("macro_"):
+            return self.choice(slot)[param_name.removeprefix("macro_")]
+        return genotype_params(self.genotype(slot), self.cell)[param_name]
 
 
-def make_sampler(name: str, kernel_set: KernelSet, cell: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, kernel_set: KernelSet, cell: str, seed: int,
+                 macro: MacroSpace | None = None) -> optuna.samplers.BaseSampler:
     if name == "random":
-        return SnasnetSampler(kernel_set, cell, seed)
+        return SnasnetSampler(kernel_set, cell, seed, macro)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":
@@ -252,7 +367,10 @@ class SearchSpec:
     """Everything that decides which candidates a study draws and how they are scored.
 
     Two workers (or a rerun) may share a study only with equal specs; ``scoring`` names the data
-    the scores come from, with a digest of the fixed scoring batches.
+    the scores come from, with a digest of the fixed scoring batches. ``macro`` is the base
+    settings and ``dimensions`` the macro settings searched alongside the cell (``MacroSpace``'s);
+    ``objectives`` what NSGA-II trades off and ``pareto`` is taken over (default: score and
+    footprint, and energy under an energy budget).
     """
 
     kernel_set: KernelSet
@@ -265,6 +383,8 @@ class SearchSpec:
     scoring: dict = field(default_factory=dict, hash=False)
     state_budget: StateBudget | None = None
     energy_budget: EnergyBudget | None = None
+    dimensions: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    objectives: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -273,6 +393,33 @@ class SearchSpec:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.candidates < 1:
             raise ConfigError(f"a search needs at least one candidate, got {self.candidates}")
+        object.__setattr__(self, "dimensions", MacroSpace(self.macro, tuple(self.dimensions)).dimensions)
+        object.__setattr__(self, "objectives", self._checked_objectives())
+
+    def _checked_objectives(self) -> tuple[str, ...]:
+        names = tuple(self.objectives) or self.default_objectives
+        unknown = [n for n in names if n not in OBJECTIVES]
+        if unknown:
+            raise ConfigError(f"unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+        if "score" not in names or len(set(names)) != len(names):
+            raise ConfigError(f"objectives must include score, each once, got {','.join(names)}")
+        if self.sampler == "nsga2" and len(names) < 2:
+            raise ConfigError("--sampler nsga2 trades the score against a second objective: give --objectives "
+                              "score,footprint (or score,footprint,energy), or use --sampler tpe")
+        return tuple(n for n in OBJECTIVES if n in names)  # one order, whatever order they were given in
+
+    @property
+    def default_objectives(self) -> tuple[str, ...]:
+        return ("score", "footprint") + (("energy",) if self.energy_budget is not None else ())
+
+    @property
+    def space(self) -> MacroSpace:
+        return MacroSpace(self.macro, self.dimensions)
+
+    @property
+    def needs_energy(self) -> bool:
+        """Every candidate under the memory budgets gets an energy estimate (a budget or an objective needs it)."""
+        return self.energy_budget is not None or "energy" in self.objectives
 
     @property
     def bits(self) -> int:
@@ -280,8 +427,8 @@ class SearchSpec:
 
     @property
     def directions(self) -> list[str]:
-        # NSGA-II trades score against memory; the others maximise the score alone.
-        return ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
+        # NSGA-II trades the score against the other objectives; the others maximise the score alone.
+        return [OBJECTIVES[n] for n in self.objectives] if self.sampler == "nsga2" else ["maximize"]
 
     def identity(self) -> dict:
         return {
@@ -296,10 +443,28 @@ class SearchSpec:
             "scoring": dict(self.scoring),
             **({"state_budget": str(self.state_budget)} if self.state_budget else {}),  # absent: older studies match
             **({"energy_budget": str(self.energy_budget)} if self.energy_budget else {}),
+            **({"macro_dimensions": self.space.identity()["dimensions"]} if self.dimensions else {}),
+            **({"objectives": list(self.objectives)} if self._objectives_matter() else {}),
         }
 
+    def _objectives_matter(self) -> bool:
+        # Recorded when they change what is stored: energy estimated for an objective, or NSGA-II's
+        # directions other than the (score, footprint) that studies had before objectives existed.
+        return (self.objectives != self.default_objectives
+                or (self.sampler == "nsga2" and self.objectives != ("score", "footprint")))
 
-Scorer = Callable[[Genotype], float]
+
+# A scorer takes a cell and, in a search with macro dimensions, the candidate's settings.
+Scorer = Callable[..., float]
+
+
+def with_macro(function: Callable, candidate: Candidate):
+    """``function(genotype)`` for a candidate at the search's base settings, ``function(genotype,
+    macro)`` for one at a searched combination: a scorer written for one macro works unchanged in
+    a search without dimensions."""
+    if candidate.choice:
+        return function(candidate.genotype, candidate.macro)
+    return function(candidate.genotype)
 
 
 def scoring_data(dataset, batch: int, repeats: int, seed: int) -> tuple[list[torch.Tensor], dict]:
@@ -318,11 +483,14 @@ def scoring_data(dataset, batch: int, repeats: int, seed: int) -> tuple[list[tor
     return [dataset.normalize(images) for images in raw], about
 
 
-def make_scorer(macro: MacroConfig, batches: Sequence[torch.Tensor], seed: int) -> Scorer:
-    """The one place a candidate is scored: SAHD on a freshly, reproducibly initialised network."""
+def make_scorer(macro: MacroConfig, batches: Sequence[torch.Tensor], seed: int,
+                adapt: Callable[[MacroConfig], MacroConfig] | None = None) -> Scorer:
+    """The one place a candidate is scored: SAHD on a freshly, reproducibly initialised network, at
+    ``macro`` or the settings given per call; ``adapt`` maps those settings first (a cheaper fidelity)."""
 
-    def score(genotype: Genotype) -> float:
-        return score_genotype(genotype, macro, batches, seed=seed)
+    def score(genotype: Genotype, at: MacroConfig | None = None) -> float:
+        settings = at or macro
+        return score_genotype(genotype, adapt(settings) if adapt else settings, batches, seed=seed)
 
     return score
 
@@ -425,7 +593,7 @@ def _write_ahead_log(engine) -> None:
 
 def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     """Create the study, or load it and check it was made with the same spec (else touch nothing)."""
-    sampler = make_sampler(spec.sampler, spec.kernel_set, spec.cell, spec.seed)
+    sampler = make_sampler(spec.sampler, spec.kernel_set, spec.cell, spec.seed, spec.space)
     wanted = _jsonable(spec.identity())
     try:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=spec.directions)
@@ -636,13 +804,13 @@ class Search:
                     self.study.tell(trial, state=TrialState.PRUNED)
                     return
                 candidate = self._evaluate(trial, slot, slots.scores())
-                record = {**candidate.row(self.spec.bits), "key": candidate.genotype.key, "worker": self.worker}
+                record = {**candidate.row(self.spec.bits), "key": candidate.key, "worker": self.worker}
                 trial.set_user_attr(RECORD_ATTR, record)
                 if candidate.status == OVER_BUDGET:
                     self.study.tell(trial, state=TrialState.PRUNED)
                 else:
-                    values = [candidate.score, candidate.footprint.bytes(self.spec.bits)]
-                    self.study.tell(trial, values[: len(self.spec.directions)])
+                    objectives = self.spec.objectives[: len(self.spec.directions)]
+                    self.study.tell(trial, objective_values(candidate, objectives, self.spec.bits))
             except UpdateFinishedTrialError:
                 return  # this worker was presumed dead and its trial failed; the slot is redone elsewhere
             except BaseException:
@@ -653,57 +821,61 @@ class Search:
         if self.on_candidate is not None:
             self.on_candidate(candidate)
 
-    def _genotype(self, trial: Trial, slot: int) -> Genotype:
-        """SNASNet's sampler: the slot's cell of the seeded stream (no parameters to store, which
-        saves a write per parameter); other samplers: what they suggest."""
+    def _draw(self, trial: Trial, slot: int) -> tuple[Genotype, dict[str, int]]:
+        """SNASNet's sampler: the slot's cell of the seeded stream and its own macro draw (no
+        parameters to store, which saves a write per parameter); other samplers: what they suggest."""
         if isinstance(self.study.sampler, SnasnetSampler):
-            return self.study.sampler.genotype(slot)
-        return suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
+            return self.study.sampler.genotype(slot), self.study.sampler.choice(slot)
+        genotype = suggest_genotype(trial, self.spec.kernel_set, self.spec.cell)
+        return genotype, suggest_choice(trial, self.spec.space)
 
     def _within_energy(self, candidate: Candidate) -> bool:
-        ops = self.estimate(candidate.genotype)
+        ops = with_macro(self.estimate, candidate)
         candidate.energy = {"sops": round(ops.sops, 1), "energy_uj": round(ops.energy_pj / 1e6, 6)}
-        return self.spec.energy_budget.fits(ops)
+        return self.spec.energy_budget is None or self.spec.energy_budget.fits(ops)
 
     def _evaluate(self, trial: Trial, slot: int, scores: dict[str, float]) -> Candidate:
-        genotype = self._genotype(trial, slot)
-        candidate = Candidate(slot, genotype, footprint(genotype, self.spec.macro))
+        genotype, choice = self._draw(trial, slot)
+        macro = self.spec.space.with_choice(choice) if choice else self.spec.macro
+        candidate = Candidate(slot, genotype, footprint(genotype, macro), macro=macro, choice=choice)
         started = time.perf_counter()
         if any(b is not None and not b.fits(candidate.footprint) for b in (self.spec.budget, self.spec.state_budget)):
             candidate.status = OVER_BUDGET
-        elif self.spec.energy_budget is not None and not self._within_energy(candidate):
+        elif self.spec.needs_energy and not self._within_energy(candidate):
             candidate.status = OVER_BUDGET
-        elif genotype.key in scores:
-            candidate.score, candidate.status = scores[genotype.key], DUPLICATE
+        elif candidate.key in scores:
+            candidate.score, candidate.status = scores[candidate.key], DUPLICATE
         else:
-            score = float(self.score(genotype))
+            score = float(with_macro(self.score, candidate))
             candidate.score = -math.inf if math.isnan(score) else score  # degenerate kernel: worst, not failed
         candidate.seconds = time.perf_counter() - started
         return candidate
 
 
-def energy_estimator(macro: MacroConfig, images: torch.Tensor, seed: int) -> Callable[[Genotype], OpsReport]:
+def energy_estimator(macro: MacroConfig, images: torch.Tensor, seed: int) -> Callable[..., OpsReport]:
     """Operations per inference of each candidate, freshly initialised (the scorer's seeded weights),
-    on the first scoring batch."""
+    on the first scoring batch, at ``macro`` or the settings given per call."""
     from spikernel.nn.energy import estimate_at_init
     from spikernel.nn.model import build_model
 
-    def estimate(genotype: Genotype) -> OpsReport:
+    def estimate(genotype: Genotype, at: MacroConfig | None = None) -> OpsReport:
         torch.manual_seed(seed)
-        return estimate_at_init(build_model(genotype, macro, device=images.device), images)
+        return estimate_at_init(build_model(genotype, at or macro, device=images.device), images)
 
     return estimate
 
 
 def collect(trials: Iterable[FrozenTrial], spec: SearchSpec) -> list[Candidate]:
     """The study's candidates in slot order: one per finished slot."""
-    candidates = []
+    candidates, space = [], spec.space
     for t in Slots.of(trials, spec.candidates).done():
         record = t.user_attrs[RECORD_ATTR]
         genotype = Genotype.parse(record["genotype"])
         energy = {k: record[k] for k in ("sops", "energy_uj") if k in record} or None
-        candidates.append(Candidate(record["trial"], genotype, footprint(genotype, spec.macro),
-                                    record["score"], record["seconds"], record["status"], energy))
+        choice = {name: record[name] for name in space.names}
+        macro = space.with_choice(choice) if choice else spec.macro
+        candidates.append(Candidate(record["trial"], genotype, footprint(genotype, macro), record["score"],
+                                    record["seconds"], record["status"], energy, macro, choice))
     return candidates
 
 
@@ -724,14 +896,14 @@ def random_search(kernel_set: KernelSet, cell: str, candidates: int, macro: Macr
 def scoring_cost(candidates: Sequence[Candidate], scored_seconds: dict[str, float]) -> float:
     """Seconds a search of exactly these candidates spends, run alone in slot order.
 
-    A genotype's first appearance costs its scoring time (wherever in the study it was scored);
+    A network's first appearance costs its scoring time (wherever in the study it was scored);
     repeats and over-budget candidates cost what they cost (a lookup).
     """
     seen, total = set(), 0.0
     for c in sorted(candidates, key=lambda c: c.trial):
-        if c.score is not None and c.genotype.key not in seen:
-            seen.add(c.genotype.key)
-            total += scored_seconds.get(c.genotype.key, c.seconds)
+        if c.score is not None and c.key not in seen:
+            seen.add(c.key)
+            total += scored_seconds.get(c.key, c.seconds)
         else:
             total += c.seconds
     return total
@@ -745,7 +917,7 @@ def compare_prefix(candidates: Sequence[Candidate], at: int, bits: int = 32,
     ``seconds`` counts scoring time (independent of worker order), ``wall_seconds`` when the
     prefix was complete as it happened (a single worker fills slots in order).
     """
-    scored_seconds = {c.genotype.key: c.seconds for c in candidates if c.status == SCORED}
+    scored_seconds = {c.key: c.seconds for c in candidates if c.status == SCORED}
     prefix = [c for c in candidates if c.trial < at]
     full_time, prefix_time = scoring_cost(candidates, scored_seconds), scoring_cost(prefix, scored_seconds)
     report = {"candidates": [at, len(candidates)], "seconds": [round(prefix_time, 3), round(full_time, 3)],
@@ -758,10 +930,9 @@ def compare_prefix(candidates: Sequence[Candidate], at: int, bits: int = 32,
         report["wall_seconds"] = [until([t for t in finished if t.user_attrs[SLOT_ATTR] < at]), until(finished)]
     if any(c.score is not None for c in prefix):
         pick, pick_full = best(prefix), best(candidates)
-        ranking = [c.genotype.key for c in top_k(candidates, len(candidates))]
+        ranking = [c.key for c in top_k(candidates, len(candidates))]
         report.update(pick=candidate_summary(pick, bits), pick_full=candidate_summary(pick_full, bits),
-                      pick_changed=pick.genotype.key != pick_full.genotype.key,
-                      rank_of_pick_in_full=ranking.index(pick.genotype.key) + 1)
+                      pick_changed=pick.key != pick_full.key, rank_of_pick_in_full=ranking.index(pick.key) + 1)
     return report
 
 
@@ -792,16 +963,33 @@ def counts(candidates: Sequence[Candidate]) -> dict:
 
 
 def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) -> dict:
-    """Best under budget (None when every sampled cell was over it), top-k and the Pareto front."""
+    """Best under budget (None when every sampled cell was over it), top-k, the score-vs-size front,
+    the front over every objective, and what a budget on each cost would pick."""
     scored = any(c.score is not None for c in candidates)
+    summary = lambda c: candidate_summary(c, spec.bits)  # noqa: E731
     return {
         "budget": str(spec.budget) if spec.budget else None,
         "bits": spec.bits,
         **({"state_budget": str(spec.state_budget)} if spec.state_budget else {}),
-        "best": candidate_summary(best(candidates), spec.bits) if scored else None,
-        "top": [candidate_summary(c, spec.bits) for c in top_k(candidates, top)],
-        "pareto_front": [candidate_summary(c, spec.bits) for c in pareto_front(candidates)],
+        **({"energy_budget": str(spec.energy_budget)} if spec.energy_budget else {}),
+        **({"macro_dimensions": spec.space.identity()["dimensions"]} if spec.dimensions else {}),
+        "best": summary(best(candidates)) if scored else None,
+        "top": [summary(c) for c in top_k(candidates, top)],
+        "pareto_front": [summary(c) for c in pareto_front(candidates)],
+        "objectives": list(spec.objectives),
+        "pareto": [summary(c) for c in pareto(candidates, spec.objectives, spec.bits)],
+        "budget_picks": {name: [{"budget": limit, "pick": summary(c)} for limit, c in budget_picks(candidates, cost)]
+                         for name, cost in _pick_costs(spec).items()},
     }
+
+
+def _pick_costs(spec: SearchSpec) -> dict[str, Callable[[Candidate], float]]:
+    """The costs a budget can be put on, as selection.json names them: weight bytes at the search's
+    bits, and energy per inference (uJ) when it is estimated."""
+    costs = {"footprint_bytes": lambda c: c.footprint.bytes(spec.bits)}
+    if spec.needs_energy:
+        costs["energy_uj"] = lambda c: (c.energy or {}).get("energy_uj", math.inf)
+    return costs
 
 
 def versions() -> dict:
@@ -814,11 +1002,17 @@ def versions() -> dict:
     return {"spikernel": __version__, "python": platform.python_version(), **installed}
 
 
-def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int) -> None:
+def csv_fields(dimensions: Sequence[str] = (), energy: bool = False) -> list[str]:
+    """candidates.csv's columns: one per searched macro setting after the genotype, energy last."""
+    return CSV_FIELDS[:2] + list(dimensions) + CSV_FIELDS[2:] + (["sops", "energy_uj"] if energy else [])
+
+
+def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int,
+                         dimensions: Sequence[str] = ()) -> None:
     """One row per candidate slot, written atomically like every run-folder file."""
     buffer = io.StringIO()
-    energy = ["sops", "energy_uj"] if any(c.energy for c in candidates) else []
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS + energy, lineterminator="\n")
+    fields = csv_fields(dimensions, any(c.energy for c in candidates))
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for c in candidates:
         writer.writerow({k: ("" if v is None else v) for k, v in c.row(bits).items()})
@@ -836,7 +1030,7 @@ def write_outputs(out: Path, spec: SearchSpec, candidates: Sequence[Candidate], 
     """``candidates.csv``, ``selection.json`` and, last (it marks a finished search), ``search.json``."""
     out = Path(out)
     result = outputs(spec, candidates, about, top)
-    write_candidates_csv(out / "candidates.csv", candidates, spec.bits)
+    write_candidates_csv(out / "candidates.csv", candidates, spec.bits, spec.space.names)
     write_json(out / "selection.json", result["selection"])
     write_json(out / "search.json", result["search"])
     return result

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields, replace
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Sequence
 
 import torch
 
 from spikernel.errors import ConfigError
+from spikernel.nas.engine import with_macro
 from spikernel.nn.model import MacroConfig
 from spikernel.space.genotype import Genotype
 
@@ -130,23 +131,27 @@ class Rescored:
     cheap: float
     full: float
     seconds: float
+    choice: dict = field(default_factory=dict)  # the searched macro values, in a search with dimensions
 
 
-def rescore(shortlisted: Sequence[tuple[Genotype, float]], score: Callable[[Genotype], float],
+def rescore(shortlisted: Sequence[tuple[Any, float]], score: Callable[..., float],
             on_done: Callable[[Rescored], None] | None = None) -> list[Rescored]:
-    """Full-fidelity scores for the shortlisted (genotype, cheap score) pairs, best full first."""
+    """Full-fidelity scores for the shortlisted (candidate, cheap score) pairs, best full first.
+
+    ``score`` takes the candidate's cell, and its settings when it has searched macro values
+    (``engine.with_macro``)."""
     done = []
-    for genotype, cheap in shortlisted:
+    for candidate, cheap in shortlisted:
         started = time.perf_counter()
-        full = float(score(genotype))
-        done.append(Rescored(genotype.key, genotype, cheap, -math.inf if math.isnan(full) else full,
-                             time.perf_counter() - started))
+        full = float(with_macro(score, candidate))
+        done.append(Rescored(candidate.key, candidate.genotype, cheap, -math.inf if math.isnan(full) else full,
+                             time.perf_counter() - started, dict(candidate.choice)))
         if on_done is not None:
             on_done(done[-1])
     return sorted(done, key=lambda r: (-r.full, r.key))
 
 
-def two_stage(candidates: Sequence, fidelity: Fidelity, full_score: Callable[[Genotype], float],
+def two_stage(candidates: Sequence, fidelity: Fidelity, full_score: Callable[..., float],
               on_done: Callable[[Rescored], None] | None = None) -> tuple[list, dict]:
     """Second stage of a search whose candidates were scored at ``fidelity``.
 
@@ -158,7 +163,7 @@ def two_stage(candidates: Sequence, fidelity: Fidelity, full_score: Callable[[Ge
     cheap = {}
     for c in candidates:
         if c.score is not None:
-            cheap.setdefault(c.genotype.key, (c.genotype, c.score))
+            cheap.setdefault(c.key, (c, c.score))
     keep = fidelity.keep(len(cheap)) if cheap else 0
     chosen = shortlist({k: s for k, (_, s) in cheap.items()}, keep)
     results = {r.key: r for r in rescore([cheap[k] for k in chosen], full_score, on_done)}
@@ -166,8 +171,8 @@ def two_stage(candidates: Sequence, fidelity: Fidelity, full_score: Callable[[Ge
     for c in candidates:
         if c.score is None:
             final.append(c)
-        elif c.genotype.key in results:
-            final.append(replace(c, score=results[c.genotype.key].full))
+        elif c.key in results:
+            final.append(replace(c, score=results[c.key].full))
         else:
             final.append(replace(c, score=None, status=SCREENED))
     cheap_seconds = sum(c.seconds for c in candidates if c.score is not None)  # repeats cost a lookup
@@ -179,7 +184,7 @@ def two_stage(candidates: Sequence, fidelity: Fidelity, full_score: Callable[[Ge
         "cheap_seconds": round(cheap_seconds, 3),
         "full_seconds": round(full_seconds, 3),
         "rescored_candidates": [
-            {"genotype": str(r.genotype), "cheap_score": _json(r.cheap), "full_score": _json(r.full),
+            {"genotype": str(r.genotype), **r.choice, "cheap_score": _json(r.cheap), "full_score": _json(r.full),
              "cheap_rank": chosen.index(r.key) + 1, "seconds": round(r.seconds, 4)}
             for r in sorted(results.values(), key=lambda r: (-r.full, r.key))
         ],

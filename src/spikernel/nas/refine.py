@@ -43,13 +43,15 @@ class Refined:
     epochs: int  # epochs it trained before finishing or being pruned
     rungs: dict  # epoch -> validation accuracy
     seconds: float
+    name: str = ""  # the candidate (``Candidate.name``): the genotype, with its searched macro values if any
 
 
 def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, out: Path, *, epochs: int = 2,
            validation: int = 1000, recipe_name: str = "fast", seed: int = 0, limit_train: int | None = None,
            on_event: OnEvent | None = None) -> list[Refined]:
     """Train ``shortlist`` (best first) with successive halving; returns every candidate's outcome,
-    the most accurate on validation first."""
+    the most accurate on validation first. Each trains at its own settings (``Candidate.macro``),
+    ``macro`` for candidates without them."""
     if not shortlist:
         raise ConfigError("nothing to refine: no candidate was scored under the budget")
     out = Path(out)
@@ -61,12 +63,12 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     config = recipe(recipe_name, epochs=epochs, seed=seed, limit_train=limit_train)
     for number, candidate in enumerate(shortlist):
-        genotype = str(candidate.genotype)
-        emit(on_event, "refine", done=number, total=len(shortlist), info=genotype)
-        if genotype in finished:
+        name = candidate.name  # the genotype alone without macro dimensions: older refine.db files resume
+        emit(on_event, "refine", done=number, total=len(shortlist), info=name)
+        if name in finished:
             continue
         trial = study.ask()
-        trial.set_user_attr(GENOTYPE_ATTR, genotype)
+        trial.set_user_attr(GENOTYPE_ATTR, name)
         started = time.perf_counter()
 
         def report(row, trial=trial):
@@ -75,8 +77,9 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
                 raise _Pruned
 
         try:
-            result = train(genotype, tuning, out=out / "runs" / genotype.replace(" ", "-"), macro=macro,
-                           config=config, device="cpu", on_epoch=report, on_event=on_event)
+            result = train(candidate.genotype, tuning, out=out / "runs" / candidate.slug,
+                           macro=candidate.macro or macro, config=config, device="cpu", on_epoch=report,
+                           on_event=on_event)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, result.test_acc)
         except _Pruned:
@@ -86,7 +89,7 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
             study.tell(trial, state=TrialState.FAIL)  # the next call redoes it, resuming its run folder
             raise
     emit(on_event, "refine", done=len(shortlist), total=len(shortlist))
-    return outcomes(study, [str(c.genotype) for c in shortlist])
+    return outcomes(study, [c.name for c in shortlist])
 
 
 def _open(out: Path) -> optuna.Study:
@@ -99,18 +102,18 @@ def _open(out: Path) -> optuna.Study:
     return study
 
 
-def outcomes(study: optuna.Study, genotypes: Sequence[str]) -> list[Refined]:
-    """The finished or pruned trial of each genotype, best validation accuracy first."""
+def outcomes(study: optuna.Study, names: Sequence[str]) -> list[Refined]:
+    """The finished or pruned trial of each candidate (``Candidate.name``), best validation accuracy first."""
     trials = {t.user_attrs[GENOTYPE_ATTR]: t for t in study.get_trials(deepcopy=False)
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     rows = []
-    for genotype in genotypes:
-        t = trials.get(genotype)
+    for name in names:
+        t = trials.get(name)
         if t is None:
             continue
         rungs = dict(sorted(t.intermediate_values.items()))
         last = rungs[max(rungs)] if rungs else float("nan")
-        rows.append(Refined(genotype, "complete" if t.state == TrialState.COMPLETE else "pruned", last,
-                            max(rungs, default=0), rungs, round(t.user_attrs.get("seconds", 0.0), 2)))
+        rows.append(Refined(name.split(" [")[0], "complete" if t.state == TrialState.COMPLETE else "pruned", last,
+                            max(rungs, default=0), rungs, round(t.user_attrs.get("seconds", 0.0), 2), name))
     # complete candidates ran every epoch: they rank above pruned ones, then by validation accuracy
     return sorted(rows, key=lambda r: (r.state != "complete", -r.val_acc))

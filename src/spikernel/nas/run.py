@@ -9,7 +9,7 @@ again on the same folder resumes: finished candidates are never scored again.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -20,14 +20,16 @@ from spikernel.events import OnEvent, emit
 from spikernel.heap import SCORING_KEPT_MIB, kept_freed_memory
 from spikernel.files import make_dir, write_json
 from spikernel.nas.engine import (Candidate, Search, SearchSpec, candidate_summary, check_budget_reachable,
-                                  check_state_budget_reachable, compare_prefix, energy_estimator, make_scorer,
-                                  open_storage, open_study, outputs, pareto_front, redact, scoring_data, sqlite_url,
-                                  storage_errors, time_report, top_k, write_outputs)
+                                  check_energy_budget_reachable, check_state_budget_reachable, compare_prefix,
+                                  energy_estimator, make_scorer, open_storage, open_study, outputs, pareto,
+                                  pareto_front, redact, scoring_data, sqlite_url, storage_errors, time_report, top_k,
+                                  write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
 from spikernel.nas.refine import refine as run_refine
 from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
+from spikernel.nn.macro import MacroSpace
 from spikernel.space.genotype import KernelSet
 from spikernel.training.distributed import device_label, resolve_device
 
@@ -45,10 +47,11 @@ class SearchResult:
     @property
     def best(self) -> Candidate | None:
         """The pick: the refined one after refinement, else the highest-scoring candidate under the
-        budget (None if every one was over it)."""
+        budget (None if every one was over it). ``best.genotype`` and ``best.macro`` are what to
+        train: ``sk.train(found.best.genotype, data, macro=found.best.macro)``."""
         refined = self.selection.get("refined")
         if refined:
-            return next(c for c in self.top if str(c.genotype) == refined["pick"])
+            return next(c for c in self.top if c.name == refined["pick"])
         top = self.top
         return top[0] if top else None
 
@@ -58,7 +61,13 @@ class SearchResult:
 
     @property
     def pareto(self) -> list[Candidate]:
+        """Scored candidates that no smaller one outscores (score vs stored values)."""
         return pareto_front(self.candidates)
+
+    @property
+    def front(self) -> list[Candidate]:
+        """Scored candidates no other one dominates over every objective of the search (``spec.objectives``)."""
+        return pareto(self.candidates, self.spec.objectives, self.spec.bits)
 
 
 def as_dataset(data: Dataset | str, data_dir=None) -> Dataset:
@@ -72,6 +81,20 @@ def as_macro(macro: MacroConfig | str | None, data: Dataset) -> MacroConfig:
     return (get_preset(macro) if isinstance(macro, str) else macro).for_data(data)
 
 
+def as_space(macro: MacroSpace | MacroConfig | str | None, data: Dataset) -> MacroSpace:
+    """What a search varies: a ``MacroSpace`` as it is, else ``as_macro``'s settings with no dimension;
+    at the data's shape either way."""
+    if isinstance(macro, MacroSpace):
+        return macro.for_data(data)
+    return MacroSpace(as_macro(macro, data))
+
+
+def as_objectives(objectives: str | tuple | list | None) -> tuple[str, ...]:
+    if isinstance(objectives, str):
+        return tuple(name.strip() for name in objectives.split(",") if name.strip())
+    return tuple(objectives or ())
+
+
 def as_budget(budget: Budget | str | None, bits: int) -> Budget | None:
     if budget is None or isinstance(budget, Budget):
         return budget
@@ -79,19 +102,23 @@ def as_budget(budget: Budget | str | None, bits: int) -> Budget | None:
 
 
 @storage_errors
-def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Dataset | str, *, candidates: int = 1000,
+def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | None, data: Dataset | str, *,
+           candidates: int = 1000,
            budget: Budget | str | None = None, bits: int = 32, cell: str = "backward", batch: int = 256,
            repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
            storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
            refine: int = 0, refine_epochs: int = 2, validation: int = 1000,
            state_budget: StateBudget | str | None = None, state_bits: int | None = None,
-           energy_budget: EnergyBudget | str | None = None,
+           energy_budget: EnergyBudget | str | None = None, objectives: str | tuple | list | None = None,
            on_event: OnEvent | None = None) -> SearchResult:
     """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
 
-    ``macro`` is a preset name or ``MacroConfig`` (fitted to the data's shape); ``budget`` a
-    parameter count (``"500K"``) or bytes at ``bits`` (``"800KB"``). With ``out`` the study and
+    ``macro`` is a preset name, a ``MacroConfig`` or a ``MacroSpace`` (macro settings searched
+    alongside the cell: ``MacroSpace.of(base, width=(8, 16))``), fitted to the data's shape;
+    ``budget`` a parameter count (``"500K"``) or bytes at ``bits`` (``"800KB"``). ``objectives``
+    (``"score,footprint,energy"``) are what ``sampler="nsga2"`` trades off and ``front`` is over
+    (default: score and footprint, and energy under an energy budget). With ``out`` the study and
     its outputs live in that folder and a second call resumes it. ``refine=K`` then trains the best
     K for ``refine_epochs`` on a ``validation`` split held out of the training images, with
     successive halving (``nas.refine``), and picks by validation accuracy.
@@ -104,7 +131,8 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     started = time.perf_counter()
     data = as_dataset(data)
     kernel_set = KernelSet.parse(kernels) if isinstance(kernels, str) else kernels
-    macro, budget = as_macro(macro, data), as_budget(budget, bits)
+    space, budget = as_space(macro, data), as_budget(budget, bits)
+    macro = space.base
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
@@ -112,8 +140,11 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         state_budget = StateBudget.parse(state_budget, state_bits or bits)
     if isinstance(energy_budget, str):
         energy_budget = EnergyBudget.parse(energy_budget)
-    check_budget_reachable(budget, macro)  # before any storage is touched or anything scored
-    check_state_budget_reachable(state_budget, macro)
+    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, {}, state_budget, energy_budget,
+                      space.dimensions, as_objectives(objectives))  # settings checked before data is drawn
+    check_budget_reachable(budget, space)  # before any storage is touched or anything scored
+    check_state_budget_reachable(state_budget, space)
+    check_energy_budget_reachable(energy_budget, space)
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
@@ -121,7 +152,7 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
         scoring = {**scoring, "fidelity": fidelity.cheap}
     if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
         scoring = {**scoring, "device": device.type}
-    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, scoring, state_budget, energy_budget)
+    spec = replace(spec, scoring=scoring)
 
     out = Path(out) if out is not None else None
     in_folder = storage is None and out is not None  # saved as a relative name: no machine path in search.json
@@ -131,9 +162,10 @@ def search(kernels: KernelSet | str, macro: MacroConfig | str | None, data: Data
     store = open_storage(storage, heartbeat)
     optuna_study = open_study(spec, store, study)
 
-    cheap = (fidelity.macro(macro), fidelity.batches(batches)) if fidelity else (macro, batches)
-    estimate = energy_estimator(macro, batches[0], seed) if energy_budget else None
-    engine = Search(optuna_study, store, spec, make_scorer(*cheap, seed), estimate=estimate)
+    score = (make_scorer(macro, fidelity.batches(batches), seed, adapt=fidelity.macro) if fidelity
+             else make_scorer(macro, batches, seed))
+    estimate = energy_estimator(macro, batches[0], seed) if spec.needs_energy else None
+    engine = Search(optuna_study, store, spec, score, estimate=estimate)
     first = engine.view()  # one read of the study for both: how far it is, and its best score so far
     engine.on_candidate = _progress(engine, max(first.scores().values(), default=None), candidates, started, on_event)
     emit(on_event, "search", done=len(first.done()), total=candidates)
@@ -173,10 +205,10 @@ def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k:
     started = time.perf_counter()
     rows = run_refine(shortlist, data, spec.macro, out / "refine", epochs=epochs, validation=validation, seed=seed,
                       on_event=on_event)
-    pick = next(c for c in shortlist if str(c.genotype) == rows[0].genotype)
+    pick = next(c for c in shortlist if c.name == rows[0].name)
     chosen = {**chosen, "best_by_score": chosen["best"], "best": candidate_summary(pick, spec.bits),
               "refined": {"candidates": k, "epochs": epochs, "validation_images": validation, "selection": "refine",
-                          "seconds": round(time.perf_counter() - started, 2), "pick": rows[0].genotype,
+                          "seconds": round(time.perf_counter() - started, 2), "pick": rows[0].name,
                           "outcomes": [asdict(r) for r in rows]}}
     write_json(out / "selection.json", chosen)
     return chosen

@@ -94,6 +94,12 @@ def min_footprint(macro: MacroConfig) -> Footprint:
     return footprint(Genotype(((0, 0, 0, 1), (0,) * 4, (0,) * 4, (0,) * 4)), macro)
 
 
+def stem_macs(macro: MacroConfig) -> int:
+    """Multiply-accumulates of the 3x3 stem convolution per image: it sees the real-valued image
+    once per inference (direct encoding), whatever the cell, so it bounds energy from below."""
+    return macro.in_channels * 9 * macro.width * macro.cell1_size**2
+
+
 # --------------------------------------------------------------------------- budgets
 
 _PARAM_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}

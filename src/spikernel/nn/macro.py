@@ -6,8 +6,10 @@ Kept apart from the modules that build networks so that option parsing, footprin
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Iterable, Mapping
 
 from spikernel.errors import ConfigError, SpikernelWarning
 
@@ -86,6 +88,154 @@ class MacroConfig:
             return cls(**data)
         except TypeError as exc:  # a setting of the wrong type (a string where a number belongs)
             raise ConfigError(f"malformed macro settings: {exc}") from None
+
+
+# --------------------------------------------------------------------------- macro dimensions
+
+# The macro settings a search may vary alongside the cell, in the order combinations enumerate them.
+SEARCHABLE = ("width", "hidden", "votes", "second_pool", "stem_stride", "timesteps")
+
+
+@dataclass(frozen=True)
+class MacroSpace:
+    """A base ``MacroConfig`` and the macro settings a search varies: ``{name: values}``.
+
+    Build it with ``MacroSpace.of(base, width=(8, 16), hidden=(32, 64))``. A setting given one
+    value is an override of the base, not a dimension, so a space without dimensions is the base
+    alone and searches exactly as it does. Every combination is checked to be a valid
+    ``MacroConfig`` when the space is made.
+    """
+
+    base: MacroConfig
+    dimensions: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, values): SEARCHABLE order, ascending
+
+    def __post_init__(self):
+        if not isinstance(self.base, MacroConfig):
+            raise ConfigError(f"a macro space needs a MacroConfig base, got {type(self.base).__name__}")
+        for name, values in self.dimensions:
+            if name not in SEARCHABLE:
+                raise ConfigError(f"unknown macro dimension {name!r}; searchable: {', '.join(SEARCHABLE)}")
+            if len(_values(name, values)) < 2:
+                raise ConfigError(f"macro dimension {name} needs two or more values, got {list(values)}")
+        if len({name for name, _ in self.dimensions}) != len(self.dimensions):
+            raise ConfigError("a macro dimension is listed twice")
+        # One spelling per space: dimensions in SEARCHABLE order, values ascending (8,16 is 16,8).
+        canonical = tuple(sorted(((name, tuple(sorted(values))) for name, values in self.dimensions),
+                                 key=lambda d: SEARCHABLE.index(d[0])))
+        object.__setattr__(self, "dimensions", canonical)
+        for values in itertools.product(*(v for _, v in self.dimensions)):
+            try:
+                replace(self.base, **dict(zip(self.names, values)))
+            except ConfigError as exc:
+                raise ConfigError(f"macro combination {_label(dict(zip(self.names, values)))} is invalid: {exc}") from None
+
+    @classmethod
+    def of(cls, base: MacroConfig, dimensions: Mapping[str, Iterable[int]] | None = None, **more) -> MacroSpace:
+        """``base`` with each named setting searched over its values; a single value overrides the base.
+
+        Values are positive integers; an unknown name, a non-integer, a value below one or no value
+        at all is a ``ConfigError``.
+        """
+        given = {**(dimensions or {}), **more}
+        unknown = sorted(set(given) - set(SEARCHABLE))
+        if unknown:
+            raise ConfigError(f"unknown macro dimension {unknown[0]!r}; searchable: {', '.join(SEARCHABLE)}")
+        overrides, searched = {}, []
+        for name in SEARCHABLE:
+            if name not in given:
+                continue
+            values = _values(name, given[name])
+            if len(values) == 1:
+                overrides[name] = values[0]
+            else:
+                searched.append((name, values))
+        try:
+            base = replace(base, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid macro setting: {exc}") from None
+        return cls(base, tuple(searched))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.dimensions)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for _, values in self.dimensions:
+            count *= len(values)
+        return count
+
+    def combination(self, index: int) -> MacroConfig:
+        """The ``index``-th combination of ``combinations()`` (the first dimension varies slowest)."""
+        choice = {}
+        for name, values in reversed(self.dimensions):
+            index, position = divmod(index, len(values))
+            choice[name] = values[position]
+        return self.with_choice(choice)
+
+    def combinations(self) -> list[MacroConfig]:
+        """Every combination of the dimensions' values, as settings (the base alone without dimensions)."""
+        return [self.combination(i) for i in range(self.size)]
+
+    def with_choice(self, choice: Mapping[str, int]) -> MacroConfig:
+        """The base with the searched settings at ``choice`` (``{name: value}``, one per dimension)."""
+        if set(choice) != set(self.names):
+            raise ConfigError(f"a macro choice names {sorted(choice)}, the space searches {list(self.names)}")
+        for name, values in self.dimensions:
+            if choice[name] not in values:
+                raise ConfigError(f"{name}={choice[name]!r} is not one of the searched values {list(values)}")
+        return replace(self.base, **choice)
+
+    def choice_of(self, macro: MacroConfig) -> dict[str, int]:
+        """The searched settings' values in ``macro`` (empty without dimensions)."""
+        return {name: getattr(macro, name) for name in self.names}
+
+    def for_data(self, data) -> MacroSpace:
+        """The space at a dataset's image shape and class count (every combination checked again)."""
+        return MacroSpace(self.base.for_data(data), self.dimensions)
+
+    def identity(self) -> dict:
+        """What a study records of the space: the base settings and each dimension's values."""
+        return {"base": self.base.to_dict(), "dimensions": {name: list(values) for name, values in self.dimensions}}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} in {{{', '.join(map(str, values))}}}" for name, values in self.dimensions) or "none"
+
+
+def choice_label(choice: Mapping[str, int]) -> str:
+    """``width=8,hidden=32``: a candidate's searched macro settings as text (empty without any)."""
+    return _label(choice)
+
+
+def _label(choice: Mapping[str, int]) -> str:
+    return ",".join(f"{name}={value}" for name, value in choice.items())
+
+
+def _values(name: str, given) -> tuple[int, ...]:
+    values = tuple(given) if isinstance(given, (list, tuple, set, frozenset, range)) else (given,)
+    if not values:
+        raise ConfigError(f"macro setting {name} has no values: the product of the dimensions is empty")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} values must be positive integers, got {value!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name} lists a value twice: {list(values)}")
+    return values
+
+
+def parse_values(name: str, text: str) -> tuple[int, ...]:
+    """``"8,16,32"`` as the values of macro setting ``name`` (one value: an override)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise ConfigError(f"no {name} values given: the product of the dimensions is empty")
+    values = []
+    for part in parts:
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise ConfigError(f"expected positive integers separated by commas, got {part!r} in {text!r}") from None
+    return _values(name, values)
 
 
 # --------------------------------------------------------------------------- presets

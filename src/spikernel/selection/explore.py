@@ -5,7 +5,8 @@ The folder::
 
     DIR/explore.json                    settings (a rerun must match them)
     DIR/<kernel set>/search/            a `spikernel search` folder (candidates.csv, selection.json, ...)
-    DIR/<kernel set>/train/<genotype>/  a `spikernel train` folder per trained candidate (result.json, ...)
+    DIR/<kernel set>/train/<genotype>/  a `spikernel train` folder per trained candidate (result.json, ...);
+                                        with macro dimensions <genotype>-width8-hidden32 (its values)
     DIR/report/                         `spikernel report DIR`: report.md and figures
 
 Searches and trainings are ``nas.run.search`` and ``training.run.train``, the functions behind the
@@ -16,15 +17,16 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError, FileFormatError, SpikernelError
 from spikernel.events import OnEvent, emit
-from spikernel.nas.engine import check_budget_reachable
+from spikernel.nas.engine import candidate_name, candidate_slug, check_budget_reachable
 from spikernel.nas.run import search
 from spikernel.nn.footprint import Budget
-from spikernel.nn.model import MacroConfig, get_preset
+from spikernel.nn.macro import MacroConfig, MacroSpace
 from spikernel.training.loop import TrainConfig
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train
@@ -39,8 +41,8 @@ class StudyMismatch(SpikernelError):
     pass
 
 
-def slug(genotype: str) -> str:
-    return genotype.replace(" ", "-")
+def slug(genotype: str, choice: dict | None = None) -> str:
+    return candidate_slug(genotype, choice)
 
 
 def open_study(out: Path, settings: ExploreSettings) -> None:
@@ -49,7 +51,9 @@ def open_study(out: Path, settings: ExploreSettings) -> None:
     if path.exists():
         stored = read_json(path)
         mine = settings.to_dict()
-        diff = [f"{k}: {stored.get(k)!r} -> {mine[k]!r}" for k in mine if k != "data_dir" and stored.get(k) != mine[k]]
+        keys = [*mine, *(k for k in stored if k not in mine)]  # a setting dropped on the rerun counts too
+        diff = [f"{k}: {stored.get(k)!r} -> {mine.get(k)!r}" for k in keys
+                if k != "data_dir" and stored.get(k) != mine.get(k)]
         if diff:
             raise StudyMismatch(f"{out} was created with different settings ({'; '.join(diff)}); use another --out")
         return
@@ -62,14 +66,26 @@ def load_settings(out: Path) -> ExploreSettings:
         raise ConfigError(f"{out} is not an exploration folder (no {SETTINGS_FILE})")
     data = read_json(path)
     data["kernel_sets"], data["ablation"] = tuple(data["kernel_sets"]), tuple(data.get("ablation", ()))
+    data["macro_values"] = data.get("macro_values", {})
     return ExploreSettings(**data)
 
 
 # --------------------------------------------------------------------------- running
 
 
-def macro_of(settings: ExploreSettings, data) -> MacroConfig:
-    return get_preset(settings.preset, timesteps=settings.timesteps).for_data(data)
+def macro_of(settings: ExploreSettings, data) -> MacroSpace:
+    """The preset, overrides and searched macro settings, at the data's shape."""
+    return settings.macro_space().for_data(data)
+
+
+def choice_of(row: dict, names) -> dict[str, int]:
+    """A search row's values of the searched macro settings (``names``)."""
+    return {name: int(row[name]) for name in names}
+
+
+def trained_macro(row: dict, space: MacroSpace) -> MacroConfig:
+    """What a top row was picked at: its own settings (selection.json's ``macro``), else the space's."""
+    return MacroConfig.from_dict(row["macro"]) if row.get("macro") else space.with_choice(choice_of(row, space.names))
 
 
 def train_config(settings: ExploreSettings, offset: int = 0) -> TrainConfig:
@@ -77,9 +93,9 @@ def train_config(settings: ExploreSettings, offset: int = 0) -> TrainConfig:
                   seed=settings.seed + offset, limit_train=settings.limit_train)
 
 
-def train_dir(out: Path, kernel_set: str, genotype: str, offset: int) -> Path:
-    """One run folder per (cell, seed); the first seed keeps the plain name."""
-    return out / kernel_set / "train" / (slug(genotype) + (f"-seed{offset}" if offset else ""))
+def train_dir(out: Path, kernel_set: str, genotype: str, offset: int, choice: dict | None = None) -> Path:
+    """One run folder per (cell, searched macro values, seed); the first seed keeps the plain name."""
+    return out / kernel_set / "train" / (slug(genotype, choice) + (f"-seed{offset}" if offset else ""))
 
 
 def preflight(settings: ExploreSettings, data_dir: str | None):
@@ -108,10 +124,13 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
                        seed=settings.seed, top=max(settings.top_k, 10), out=out / kernel_set / "search",
                        fidelity=settings.fidelity, device=device, on_event=on_event)
         for row in found.selection["top"][: settings.top_k]:
+            choice = choice_of(row, macro.names)
             for offset in range(settings.seeds):
-                emit(on_event, "explore", message=f"train {kernel_set} {row['genotype']} (seed {settings.seed + offset})")
-                train(row["genotype"], data, out=train_dir(out, kernel_set, row["genotype"], offset), macro=macro,
-                      config=train_config(settings, offset), device=device, on_event=on_event)
+                emit(on_event, "explore", message=f"train {kernel_set} {candidate_name(row['genotype'], choice)} "
+                                                  f"(seed {settings.seed + offset})")
+                train(row["genotype"], data, out=train_dir(out, kernel_set, row["genotype"], offset, choice),
+                      macro=trained_macro(row, macro), config=train_config(settings, offset), device=device,
+                      on_event=on_event)
     return load_study(out)
 
 
@@ -125,12 +144,14 @@ def _number(text: str) -> float | int | None:
     return int(value) if value.is_integer() and "." not in text and "e" not in text else value
 
 
-def read_candidates(path: Path) -> list[dict]:
+def read_candidates(path: Path, dimensions=()) -> list[dict]:
+    """candidates.csv's rows with numbers as numbers (also the searched macro settings' columns)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
+        optional = ("sops", "energy_uj", *dimensions)  # columns only some searches write
         for row in rows:
-            for key in ("trial", "params", "footprint_bytes", "score", "seconds"):
+            for key in ("trial", "params", "footprint_bytes", "score", "seconds", *(k for k in optional if k in row)):
                 row[key] = _number(row.get(key, ""))
             if row["score"] is not None and not math.isfinite(row["score"]):
                 row["score"] = None
@@ -139,32 +160,54 @@ def read_candidates(path: Path) -> list[dict]:
         raise FileFormatError(f"{path} is not a candidates table spikernel wrote ({exc})") from None
 
 
+def load_search(out: Path) -> Study:
+    """A ``spikernel search`` folder as a study of one kernel set with nothing trained (its report
+    shows the search's trade-offs)."""
+    report, chosen = read_json(out / "search.json"), read_json(out / "selection.json")
+    settings = report.get("settings", {})
+    names = tuple(settings.get("macro_dimensions") or {})
+    found = re.match(r"([\d,]+) (parameters|bytes)", chosen.get("budget") or "")
+    info = {**settings, "kind": "search", "dataset": settings.get("scoring", {}).get("dataset"),
+            "objectives": chosen.get("objectives", ["score"]),
+            "budget_limit": int(found[1].replace(",", "")) if found else None,
+            "budget_unit": ("params" if found[2] == "parameters" else "bytes") if found else None}
+    result = KernelSetResult(settings.get("kernels", "search"), read_candidates(out / "candidates.csv", names),
+                             search_seconds=report.get("time", {}).get("scoring_seconds_total"), dimensions=names)
+    return Study(info, [result])
+
+
 def load_study(out: Path) -> Study:
-    """What the folder holds, and a list of what is missing (nothing is run)."""
+    """What the folder holds, and a list of what is missing (nothing is run). A search folder (no
+    exploration settings, a finished search) reads as ``load_search``."""
+    out = Path(out)
+    if not (out / SETTINGS_FILE).exists() and (out / "search.json").exists():
+        return load_search(out)
     settings = load_settings(out)
     budget = settings.budget_limit
     info = {**settings.to_dict(), "budget_limit": budget.limit if budget else None,
             "budget_unit": budget.unit if budget else None}
+    names = settings.macro_space().names
     results, missing = [], []
     for kernel_set in settings.kernel_sets:
-        result = KernelSetResult(kernel_set)
+        result = KernelSetResult(kernel_set, dimensions=names)
         search_dir = out / kernel_set / "search"
         if (search_dir / "search.json").exists():
-            result.candidates = read_candidates(search_dir / "candidates.csv")
+            result.candidates = read_candidates(search_dir / "candidates.csv", names)
             report = read_json(search_dir / "search.json")
             result.search_seconds = report.get("time", {}).get("scoring_seconds_total")
             top = read_json(search_dir / "selection.json")["top"][: settings.top_k]
             for row in top:
+                choice = choice_of(row, names)
+                name = candidate_name(row["genotype"], choice)
                 for offset in range(settings.seeds):
-                    run = train_dir(out, kernel_set, row["genotype"], offset) / "result.json"
+                    run = train_dir(out, kernel_set, row["genotype"], offset, choice) / "result.json"
                     if run.exists():
                         trained = read_json(run)
                         result.trained.append({**{k: row[k] for k in ("genotype", "params", "footprint_bytes", "score")},
-                                               "test_acc": _test_accuracy(trained), "seed": settings.seed + offset,
-                                               **_energy(trained)})
+                                               "choice": choice, "candidate": name, "test_acc": _test_accuracy(trained),
+                                               "seed": settings.seed + offset, **_energy(trained)})
                     else:
-                        missing.append(f"{kernel_set}: training of {row['genotype']} (seed {settings.seed + offset}) "
-                                       "not finished")
+                        missing.append(f"{kernel_set}: training of {name} (seed {settings.seed + offset}) not finished")
         else:
             missing.append(f"{kernel_set}: search not finished")
         results.append(result)

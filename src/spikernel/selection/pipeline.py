@@ -27,7 +27,7 @@ def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     if chosen is None:
         raise ConfigError(f"no trained network fits the budget {settings.budget}")
     report = write_report(study, out / "report")
-    run_dir = out / chosen.kernel_set / "train" / slug(chosen.row["genotype"])
+    run_dir = out / chosen.kernel_set / "train" / slug(chosen.row["genotype"], chosen.row.get("choice"))
     trained = read_json(run_dir / "result.json")
     selection = {
         "kernel_set": chosen.kernel_set,

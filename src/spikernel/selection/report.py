@@ -30,10 +30,16 @@ class KernelSetResult:
     candidates: list[dict] = field(default_factory=list)  # search rows: genotype, params, footprint_bytes, score, status
     trained: list[dict] = field(default_factory=list)  # genotype, params, footprint_bytes, score, test_acc
     search_seconds: float | None = None
+    dimensions: tuple[str, ...] = ()  # the macro settings the search varied (columns of its rows)
 
     @property
     def scored(self) -> list[dict]:
         return [c for c in self.candidates if _finite(c.get("score"))]
+
+    def name_of(self, row: dict) -> str:
+        """A search row's network: its genotype, with the searched macro values when there are any."""
+        values = ",".join(f"{d}={row[d]}" for d in self.dimensions)
+        return row["genotype"] + (f" [{values}]" if values else "")
 
     def best_trained(self, limit: float | None = None, cost_key: str = "params") -> dict | None:
         """The cell with the best mean accuracy over its seeds, under the limit."""
@@ -44,8 +50,8 @@ class KernelSetResult:
 def mean_over_seeds(trained: list[dict]) -> list[dict]:
     """One row per cell, its test accuracy the mean over the seeds it was trained with (and n)."""
     cells: dict[str, list[dict]] = {}
-    for row in trained:
-        cells.setdefault(row["genotype"], []).append(row)
+    for row in trained:  # one network: the cell at its searched macro values
+        cells.setdefault(row.get("candidate", row["genotype"]), []).append(row)
     return [{**rows[0], "test_acc": sum(r["test_acc"] for r in rows) / len(rows), "seeds": len(rows)}
             for rows in cells.values()]
 
@@ -106,7 +112,7 @@ def main_table(study: Study) -> list[dict]:
         best = r.best_trained(study.settings.get("budget_limit"), study.cost_key)
         rows.append({
             "kernel set": r.kernel_set,
-            "best genotype": best["genotype"] if best else "-",
+            "best genotype": best.get("candidate", best["genotype"]) if best else "-",
             "parameters": best["params"] if best else None,
             f"footprint {study.settings.get('bits', 32)}-bit (KB)": round(best["footprint_bytes"] / 1e3, 1) if best else None,
             "test accuracy": best["test_acc"] if best else None,
@@ -129,7 +135,7 @@ def budget_table(study: Study, limits: list[float]) -> list[dict]:
         rows.append({
             "budget": limit,
             "kernel set": name or "none fits",
-            "genotype": row["genotype"] if row else "-",
+            "genotype": row.get("candidate", row["genotype"]) if row else "-",
             "cost": row[study.cost_key] if row else None,
             "test accuracy": row["test_acc"] if row else None,
         })
@@ -162,18 +168,18 @@ def ablation_table(study: Study, sizes: list[int]) -> list[dict]:
     """Searching only the first n candidates of the same seeded stream: time and pick per set."""
     rows = []
     for r in study.results:
-        trained = {t["genotype"]: t for t in r.trained}
+        trained = {t.get("candidate", t["genotype"]): t for t in r.trained}
         for n in sizes:
             prefix = r.candidates[:n]
             if len(prefix) < n:
                 continue
             scored = [c for c in prefix if _finite(c.get("score"))]
             pick = max(scored, key=lambda c: c["score"], default=None)
-            acc = trained.get(pick["genotype"], {}).get("test_acc") if pick else None
+            acc = trained.get(r.name_of(pick), {}).get("test_acc") if pick else None
             rows.append({
                 "kernel set": r.kernel_set, "candidates": n,
                 "search time (s)": round(sum(c.get("seconds") or 0.0 for c in prefix), 1),
-                "pick": pick["genotype"] if pick else "-",
+                "pick": r.name_of(pick) if pick else "-",
                 "pick accuracy": acc,
             })
     return rows
@@ -320,6 +326,62 @@ def search_space_figure(study: Study, out: Path) -> list[Path]:
     return _finish(fig, ax, out, "search_score_vs_params", "parameters", "training-free score", "Search: score vs size of every candidate")
 
 
+def _panels(fig, count: int) -> list:
+    return list(np.atleast_1d(fig.subplots(1, count, sharey=True, squeeze=False)[0]))
+
+
+def search_front_figure(study: Study, out: Path) -> list[Path]:
+    """The search's trade-off: every scored candidate and the front (no smaller one scores higher)
+    against memory, and against the energy estimate in a second panel when candidates have one."""
+    colours = _colours(study)
+    has_energy = any(_finite(c.get("energy_uj")) for r in study.results for c in r.scored)
+    axes_of = [(study.cost_key, study.cost_label)]
+    if has_energy:
+        axes_of.append(("energy_uj", "energy per inference at initialisation (uJ)"))
+    fig = Figure(figsize=(5.6 * len(axes_of), 4.2))
+    panels = _panels(fig, len(axes_of))
+    for ax, (key, label) in zip(panels, axes_of):
+        for r in study.results:
+            rows = [c for c in r.scored if _finite(c.get(key))]
+            if not rows:
+                continue
+            ax.scatter([c[key] for c in rows], [c["score"] for c in rows], s=8, alpha=0.35, color=colours[r.kernel_set])
+            front = pareto(rows, key, "score")
+            ax.step([f[key] for f in front], [f["score"] for f in front], where="post", color=colours[r.kernel_set],
+                    linewidth=1.2, marker="o", markersize=3, label=f"{r.kernel_set}: front of {len(front)}")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    panels[0].set_ylabel("training-free score")
+    fig.suptitle("Search: the score against what it costs")
+    return _save(fig, out, "search_front")
+
+
+def macro_dimensions_figure(study: Study, out: Path) -> list[Path]:
+    """Score against memory per searched macro setting: one panel per setting, every scored
+    candidate coloured by its value of it (markers tell kernel sets apart)."""
+    dims = list(dict.fromkeys(d for r in study.results for d in r.dimensions))
+    cost, markers = study.cost_key, "osD^v<>ph*"
+    fig = Figure(figsize=(4.4 * len(dims), 4.0))
+    panels = _panels(fig, len(dims))
+    for ax, dim in zip(panels, dims):
+        values = sorted({c[dim] for r in study.results for c in r.scored if c.get(dim) is not None})
+        shade = {v: matplotlib.colormaps["viridis"](i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
+        for k, r in enumerate(study.results):
+            for v in values:
+                rows = [c for c in r.scored if c.get(dim) == v]
+                if rows:
+                    ax.scatter([c[cost] for c in rows], [c["score"] for c in rows], s=12, alpha=0.7, color=shade[v],
+                               marker=markers[k % len(markers)], label=f"{v}" + (f" ({r.kernel_set})" if k else ""))
+        ax.set_title(dim)
+        ax.set_xlabel(study.cost_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title=dim, title_fontsize=7)
+    panels[0].set_ylabel("training-free score")
+    fig.suptitle("Search: score vs memory per macro setting" + (" (markers: kernel sets)" if len(study.results) > 1 else ""))
+    return _save(fig, out, "search_score_by_macro")
+
+
 def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
@@ -339,8 +401,15 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     has_energy = any(_finite(t.get("energy_uj")) for r in study.results for t in r.trained)
     if has_energy:
         figures += energy_accuracy_figure(study, out)
-    if any(r.scored for r in study.results):
+    searched = any(r.scored for r in study.results)
+    dimensions = searched and any(r.dimensions for r in study.results)
+    if searched:
         figures += search_space_figure(study, out)
+        figures += search_front_figure(study, out)
+    if dimensions:
+        figures += macro_dimensions_figure(study, out)
+    if study.settings.get("kind") == "search":
+        return _search_report(study, out, figures)
     sizes = ablation_sizes or study.settings.get("ablation") or []
     ablation = ablation_table(study, sizes)
     if ablation:
@@ -365,10 +434,52 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",
         "## Search-iteration ablation\n",
         "Each row searches only the first n candidates of the same seeded stream.\n\n", markdown(ablation),
-        "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if any(r.scored for r in study.results) else "",
+        "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if searched else "",
+        *_search_sections(searched, dimensions),
     ]
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
     write_text(out / "report.md", "\n".join(parts))
     return {"table": table, "investigation": investigation, "figures": [str(p) for p in figures],
             "missing": study.missing}
+
+
+def _search_sections(searched: bool, dimensions: bool) -> list[str]:
+    parts = []
+    if searched:
+        parts += ["## Search trade-offs\n", "Each line is the front: the candidates no cheaper one outscores "
+                  "(against energy when the search estimated it).\n", "![search front](search_front.png)\n"]
+    if dimensions:
+        parts += ["## Macro dimensions\n", "One panel per macro setting the search varied, each candidate coloured "
+                  "by its value.\n", "![score by macro setting](search_score_by_macro.png)\n"]
+    return parts
+
+
+def _search_report(study: Study, out: Path, figures: list[Path]) -> dict:
+    """report.md of a plain search folder: what it searched and its trade-offs (nothing is trained)."""
+    s, result = study.settings, study.results[0]
+    dims = s.get("macro_dimensions") or {}
+    parts = [
+        "# spikernel search report\n",
+        f"Dataset `{s.get('dataset')}`, kernel set `{result.kernel_set}`, {s.get('cell')} cells, "
+        f"{s.get('candidates')} candidates, sampler `{s.get('sampler')}` over {', '.join(s.get('objectives', ['score']))}; "
+        f"budget: {s.get('budget') or 'none'}"
+        + (f"; macro dimensions: {'; '.join(f'{k} {v}' for k, v in dims.items())}" if dims else "") + ".\n",
+        f"{len(result.scored)} candidates scored.\n",
+        "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if result.scored else "",
+        *_search_sections(bool(result.scored), bool(dims) and bool(result.scored)),
+    ]
+    write_text(out / "report.md", "\n".join(parts))
+    return {"table": search_table(study), "investigation": [], "figures": [str(p) for p in figures], "missing": []}
+
+
+def search_table(study: Study) -> list[dict]:
+    """Per kernel set of a search-only study: the highest-scoring candidate."""
+    rows = []
+    for r in study.results:
+        top = max(r.scored, key=lambda c: c["score"], default=None)
+        rows.append({"kernel set": r.kernel_set, "best candidate": r.name_of(top) if top else "-",
+                     "parameters": top["params"] if top else None,
+                     f"footprint {study.settings.get('bits', 32)}-bit (KB)": round(top["footprint_bytes"] / 1e3, 1)
+                     if top else None, "score": top["score"] if top else None, "candidates scored": len(r.scored)})
+    return rows

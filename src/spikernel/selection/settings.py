@@ -4,9 +4,11 @@ PyTorch: the command line builds its options from them before anything heavy loa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 from spikernel.errors import ConfigError
 from spikernel.nn.footprint import Budget
+from spikernel.nn.macro import MacroSpace, get_preset
 from spikernel.space.genotype import KernelSet
 
 
@@ -31,6 +33,9 @@ class ExploreSettings:
     timesteps: int | None = None
     seed: int = 0
     ablation: tuple[int, ...] = ()
+    # Macro settings by name: one value overrides the preset, several are searched beside the cell
+    # ({"width": (8, 16)}); the search's macro dimensions.
+    macro_values: tuple[tuple[str, tuple[int, ...]], ...] | Mapping = ()
 
     def __post_init__(self):
         names = [KernelSet.parse(k).name for k in self.kernel_sets]
@@ -45,6 +50,14 @@ class ExploreSettings:
         object.__setattr__(self, "ablation", tuple(sorted(set(self.ablation) or self.default_ablation())))
         if self.budget:
             Budget.parse(self.budget, self.bits)  # fail early on a malformed budget
+        given = {name: tuple(v) if isinstance(v, (list, tuple, range)) else (v,) for name, v in dict(self.macro_values).items()}
+        object.__setattr__(self, "macro_values", tuple((name, given[name]) for name in sorted(given)))
+        self.macro_space()  # fail early on an unknown setting, a bad value or an invalid combination
+        object.__setattr__(self, "macro_values", tuple((name, tuple(sorted(v))) for name, v in self.macro_values))
+
+    def macro_space(self) -> MacroSpace:
+        """The preset with the overrides and the searched settings (at the preset's image shape)."""
+        return MacroSpace.of(get_preset(self.preset, timesteps=self.timesteps), dict(self.macro_values))
 
     def default_ablation(self) -> tuple[int, ...]:
         """SpiKernel's 1000 vs 2500 vs 5000 scaled to this search: a fifth, a half and all of it."""
@@ -55,7 +68,11 @@ class ExploreSettings:
         return Budget.parse(self.budget, self.bits) if self.budget else None
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
+        data = {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
+        data.pop("macro_values")
+        if self.macro_values:  # absent when unused: explore.json files from before it existed still match
+            data["macro_values"] = {name: list(values) for name, values in self.macro_values}
+        return data
 
 
 

@@ -191,7 +191,7 @@ def _result(spec: RunSpec, model, history, data, world, device, seconds: float, 
 
 def read_search(folder: Path) -> tuple[Genotype, dict | None, str | None]:
     """The best cell of a search folder (selection.json), a ``spikernel run`` folder (its pick) or
-    a trained run (result.json), with the macro settings and dataset it came with."""
+    a trained run (result.json), with the macro settings it was picked at and the dataset."""
     folder = Path(folder)
     try:
         if (folder / "selection.json").exists() and "run" in read_json(folder / "selection.json"):
@@ -202,7 +202,8 @@ def read_search(folder: Path) -> tuple[Genotype, dict | None, str | None]:
                 raise ConfigError(f"{folder}: the search selected nothing (every cell was over its budget)")
             settings = read_json(folder / "search.json")["settings"] if (folder / "search.json").exists() else {}
             dataset = settings.get("scoring", {}).get("dataset")
-            return Genotype.parse(best["genotype"]), settings.get("macro"), dataset
+            # The pick's own settings (a search with macro dimensions picks them too), else the search's.
+            return Genotype.parse(best["genotype"]), best.get("macro") or settings.get("macro"), dataset
         if (folder / "result.json").exists():
             result = read_json(folder / "result.json")  # a trained run: retrain its cell
             return Genotype.parse(result["genotype"]), result.get("macro"), result["dataset"]["name"]
