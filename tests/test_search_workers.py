@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikernel.nas.engine import RECORD_ATTR, SLOT_ATTR, SUPERSEDED
+from spikernel.nas.engine import RECORD_ATTR, SLOT_ATTR, SUPERSEDED, Search, sqlite_url
 from spikernel.space.genotype import sample_many
 
 PG_SERVER = Path(__file__).parent / "pg_server.sh"
@@ -133,3 +133,22 @@ def test_two_workers_share_one_postgresql_study(postgres, tmp_path):
     rows = [read_csv(tmp_path / f"worker{i}" / "candidates.csv") for i in (1, 2)]
     assert rows[0] == rows[1]
     assert [r["genotype"] for r in rows[0]] == [str(g) for g in sample_many("1x1_3x3", "backward", n, 0)]
+
+
+def test_why_the_engine_claims_trials_itself(tmp_path):
+    """DESIGN.md: ``Study.ask`` switches a trial to RUNNING before any heartbeat exists; a worker
+    killed in that window leaves a trial Optuna never fails as stale, so its slot would never be
+    redone. The engine's claim records the heartbeat first, and such a trial goes stale."""
+
+    storage = optuna.storages.RDBStorage(sqlite_url(tmp_path / "s.db"), heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    asked = study.ask()  # ... and the worker dies here, before its first beat
+    worker = Search.__new__(Search)  # only the claim, without a search around it
+    worker.storage, worker.interval = storage, 1
+    waiting = storage.create_new_trial(storage.get_study_id_from_name(study.study_name), optuna.trial.create_trial(state=TrialState.WAITING))
+    assert worker._claim(waiting)  # ... and this worker dies here
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[asked.number] == TrialState.RUNNING  # stuck for good
+    assert states[1] == TrialState.FAIL  # stale, so its slot is empty again

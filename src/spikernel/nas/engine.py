@@ -759,9 +759,9 @@ class Search:
         while True:
             slots = self.view()
             missing = slots.missing()
-            claimed = next((t for t in slots.waiting if self._claim(t._trial_id)), None)
+            claimed = next((i for i in map(self._trial_id, slots.waiting) if self._claim(i)), None)
             if claimed is not None:
-                self._run_trial(claimed._trial_id, claimed.user_attrs[SLOT_ATTR])  # then look again
+                self._run_trial(claimed, self.storage.get_trial(claimed).user_attrs[SLOT_ATTR])  # then look again
             elif missing:
                 slot = self._pick(missing, slots)
                 created = self.storage.create_new_trial(
@@ -782,6 +782,9 @@ class Search:
         lowest few at random, so that two workers rarely pick the same one at the same moment."""
         others = max(slots.running, len(slots.workers - {self.worker}))
         return missing[0] if not others else self._random.choice(missing[: 8 * (others + 1)])
+
+    def _trial_id(self, trial: FrozenTrial) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
 
     def _claim(self, trial_id: int) -> bool:
         """Take a waiting trial; the storage lets exactly one worker switch it to RUNNING."""
