@@ -1,4 +1,13 @@
-"""Training-based refinement: validation split, successive halving, rungs recorded, resume, CLI errors."""
+"""Training-based refinement: validation split, successive halving, rungs recorded, resume (after an
+exception and after SIGKILL), CLI errors."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
@@ -74,3 +83,54 @@ def test_refine_more_than_the_candidates_is_one_line(tmp_path):
                        "--refine", "3", "--out", str(tmp_path / "t"))  # the search runs; too few fit the budget
     lines = err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error: refine 3 is more than the") and err.count("error:") == 1
+
+
+REFINE_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from spikernel.data.datasets import load_dataset
+from spikernel.nas.refine import refine
+from spikernel.nas.run import search
+from spikernel.nn.model import get_preset
+macro = get_preset("fmnist-tiny", timesteps=2)
+data = load_dataset("fashion-mnist-mini")
+top = search("1x1_3x3", macro, data, candidates=8, batch=8, repeats=1).top[:4]
+rows = refine(top, data, macro.for_data(data), sys.argv[1], epochs=3, validation=200, limit_train=64)
+print(json.dumps([{**r.__dict__, "seconds": None} for r in rows]))
+"""
+
+
+def test_a_sigkilled_refinement_resumes_to_the_same_outcome(tmp_path):
+    """Killed inside a rung (a candidate past its first epoch, another one finished): the rerun keeps
+    what finished, resumes the interrupted training from its run folder, and ends where an
+    uninterrupted refinement ends."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = lambda out: [sys.executable, "-c", REFINE_SCRIPT, str(out)]  # noqa: E731
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    worker = subprocess.Popen(command(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "cut" / "refine.db"
+
+    def inside_a_rung() -> bool:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+                finished = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0]
+                running = con.execute("SELECT count(*) FROM trials t JOIN trial_intermediate_values v "
+                                      "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchone()[0]
+                return finished >= 1 and running >= 1
+        except sqlite3.Error:
+            return False  # not created yet
+
+    deadline = time.monotonic() + 300
+    while not inside_a_rung():
+        assert worker.poll() is None, f"refinement ended before it could be killed: {worker.stderr.read().decode()[-500:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again = subprocess.run(command(tmp_path / "cut"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == json.loads(whole.stdout.strip().splitlines()[-1])
+    study = optuna.load_study(study_name="refine", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 1  # the killed one, redone after
