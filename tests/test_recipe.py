@@ -125,6 +125,23 @@ def test_thread_counts():
             choose_threads(bad)
 
 
+def test_idle_cores_follow_the_tasks_running_now_not_the_minute_average(monkeypatch):
+    import builtins
+    import io
+
+    import spikernel.threads as threads
+
+    snapshots = iter(["3.90 3.10 2.00 1/120 99\n", "3.90 3.10 2.00 2/120 99\n", "3.90 3.10 2.00 1/120 99\n"] * 3)
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(next(snapshots)) if path == "/proc/loadavg"
+                        else real_open(path, *a, **k))
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    # the others just stopped: the one-minute average (3.9) still says busy; only this process runs
+    assert threads.busy_elsewhere(reads=3) == 0 and threads.idle_cores() == 2
+    snapshots = iter(["0.10 0.10 0.10 3/120 99\n"] * 10)  # two busy processes just started
+    assert threads.busy_elsewhere() == 2 and threads.idle_cores() == 1
+
+
 def test_threads_reach_torch_for_the_command_only(tmp_path):
     import json
 

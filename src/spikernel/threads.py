@@ -3,12 +3,17 @@
 PyTorch starts one OpenMP thread per core. On a machine where other processes already keep
 cores busy, those threads contend with them and with each other (each parallel region waits
 for its slowest thread), which is where a shared machine's 16-45x slowdowns came from. So by
-default spikernel takes the cores the load average leaves idle, at least one.
+default spikernel takes the cores other processes leave idle, at least one.
+
+Idle is counted from the tasks runnable right now (``/proc/loadavg``'s fourth field, the median of
+a few reads 10 ms apart), not from the one-minute load average: that average lags by a minute, and
+right after other jobs stopped it left a 14-minute main job on one of two idle cores.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from spikernel.errors import ConfigError
 
@@ -21,13 +26,28 @@ def available_cores() -> int:
 
 
 def idle_cores() -> int:
-    """Cores the last minute's load leaves free (rounded), at least 1."""
+    """Cores the processes running elsewhere leave free, at least 1."""
     cores = available_cores()
+    busy = busy_elsewhere()
+    return cores if busy is None else max(1, min(cores, cores - busy))
+
+
+def busy_elsewhere(reads: int = 5) -> int | None:
+    """Runnable tasks other than this one (median of ``reads`` snapshots); None where unknown."""
+    counts = []
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return cores
-    return max(1, min(cores, round(cores - busy)))
+        for i in range(reads):
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            counts.append(running - 1)  # this process is running while it reads
+            if i < reads - 1:
+                time.sleep(0.01)
+    except (OSError, ValueError, IndexError):  # not Linux: the one-minute average is all there is
+        try:
+            return round(os.getloadavg()[0])
+        except OSError:
+            return None
+    return sorted(counts)[len(counts) // 2]
 
 
 def choose_threads(requested: int | None = None) -> int:
