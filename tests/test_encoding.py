@@ -340,3 +340,21 @@ def test_train_and_score_take_the_encoding(tmp_path):
     assert poisson_runs[0] == poisson_runs[1] != direct
     code, _, err = cli(*args, "--encoding", "rate")
     assert code == 2 and "'rate' is not one of" in err
+
+
+def test_an_exploration_trains_each_pick_at_its_own_encoding(tmp_path):
+    from spikernel.selection.explore import explore
+
+    settings = ExploreSettings(kernel_sets=("1x1_3x3",), preset="fmnist-tiny", timesteps=2, candidates=4, top_k=2,
+                               epochs=1, limit_train=16, score_batch=16, repeats=1, seed=1,
+                               macro_values={"encoding": ("latency", "direct")})
+    study = explore(settings, tmp_path / "e", device="cpu")
+    top = json.loads((tmp_path / "e" / "1x1_3x3" / "search" / "selection.json").read_text())["top"][:2]
+    assert {r["encoding"] for r in top} == {"direct", "latency"}  # seed 1's two best: one of each
+    assert {r["candidate"] for r in study.results[0].trained} == {f"{r['genotype']} [encoding={r['encoding']}]"
+                                                                   for r in top}
+    for row in top:
+        run_dir = tmp_path / "e" / "1x1_3x3" / "train" / f"{row['genotype'].replace(' ', '-')}-encoding{row['encoding']}"
+        trained = json.loads((run_dir / "result.json").read_text())["macro"]
+        assert trained == row["macro"] and trained.get("encoding", "direct") == row["encoding"]
+    assert json.loads((tmp_path / "e" / "explore.json").read_text())["macro_values"] == {"encoding": ["direct", "latency"]}

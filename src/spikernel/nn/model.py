@@ -174,7 +174,7 @@ class SNN(nn.Module):
     def forward_steps(self, images: torch.Tensor) -> torch.Tensor:
         """Per-timestep logits [T, B, classes]. Neuron state starts from rest on every call."""
         functional.reset_net(self)
-        (x,) = self.stem_passes(images)
+        x = self.stem_steps(self.stem_source(images), 0, self.macro.timesteps)
         x = self.cell1(x)
         x = self.reduction(x)
         x = self.cell2(x)
@@ -196,30 +196,27 @@ class SNN(nn.Module):
         steps = self.macro.timesteps
         per_pass = steps_per_pass or steps
         carries = [None, None]
-        for start, x in zip(range(0, steps, per_pass), self.stem_passes(images, per_pass)):
+        source = self.stem_source(images)
+        for start in range(0, steps, per_pass):
+            x = self.stem_steps(source, start, min(per_pass, steps - start))
             final = start + per_pass >= steps
             x, carries[0] = self.cell1.run(x, carries[0], carry_last=not final)
             x, carries[1] = self.cell2.run(self.reduction(x), carries[1], carry_last=not final)
             self.head[:-1](self.last(x).flatten(2))
 
-
-    def stem_passes(self, images: torch.Tensor, per_pass: int | None = None):
-        """The stem's output [t, B, C, H, W], ``per_pass`` timesteps at a time (all T by default).
-
-        Direct encoding: the stem runs once on the image and its output serves every step. A spike
-        encoding draws all T steps' input spikes first (the same draws however the steps are
-        passed), then runs the stem on each pass's steps (its BatchNorm has statistics per step).
-        """
-        steps = self.macro.timesteps
-        per_pass = per_pass or steps
+    def stem_source(self, images: torch.Tensor) -> torch.Tensor:
+        """What ``stem_steps`` takes its steps from. Direct encoding: the stem's output on the image
+        [B, C, H, W], computed once and reused for every step. A spike encoding: the input spikes
+        of all T steps [T, B, C_in, H, W], drawn at once (the same draws however the steps are run)."""
         inputs = encode(images, self.macro)
-        static = None if self.macro.spiking_input else self.stem(inputs)
-        for start in range(0, steps, per_pass):
-            count = min(per_pass, steps - start)
-            if static is not None:
-                yield static.unsqueeze(0).expand(count, *static.shape)
-            else:
-                yield self.stem(inputs[start : start + count])
+        return inputs if self.macro.spiking_input else self.stem(inputs)
+
+    def stem_steps(self, source: torch.Tensor, start: int, count: int) -> torch.Tensor:
+        """The stem's output [count, B, C, H, W] for timesteps ``start`` ... (on input spikes, the
+        stem runs on those steps only: its BatchNorm has statistics per step)."""
+        if not self.macro.spiking_input:
+            return source.unsqueeze(0).expand(count, *source.shape)
+        return self.stem(source[start : start + count])
 
 
 def stem_conv(macro: MacroConfig) -> nn.Conv2d:
