@@ -318,6 +318,7 @@ BAD_SEARCH_SETTINGS = {
     "hidden-not-a-number": (["--hidden", "32,abc"], "got 'abc' in '32,abc'"),
     "empty-product": (["--votes", ","], "the product of the dimensions is empty"),
     "invalid-combination": (["--second-pool", "2,30"], "macro combination second_pool=30 is invalid"),
+    "unknown-encoding": (["--encoding", "direct,rate"], "unknown encoding 'rate'; choose one of direct, poisson, latency"),
     "state-budget-no-combination-meets": (["--width", "4,8", "--state-budget", "1KB"],
                                           "smallest possible network (at width=4) holds"),
     "weight-budget-no-combination-meets": (["--width", "4,8", "--budget", "1K"],

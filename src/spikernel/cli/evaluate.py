@@ -32,6 +32,8 @@ def load_for_evaluation(path: Path, dataset_name: str | None, data_dir, download
     if shape != (macro.in_channels, macro.image_size, macro.num_classes):
         raise ConfigError(f"{data.name} has {shape[0]}x{shape[1]}x{shape[1]} images and {shape[2]} classes; the model "
                           f"expects {macro.in_channels}x{macro.image_size}x{macro.image_size} and {macro.num_classes}")
+    if macro.spiking_input:  # its encoder undoes the normalisation the images come with: this dataset's
+        model.macro = macro.for_data(data)
     return model, spec, data, loaded
 
 

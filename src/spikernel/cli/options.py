@@ -6,7 +6,7 @@ import click
 
 from spikernel.errors import SpikernelError
 from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
-from spikernel.nn.macro import PRESETS, parse_values
+from spikernel.nn.macro import ENCODING_NAMES, NAMED, PRESETS, parse_values
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
 
 
@@ -37,6 +37,9 @@ KERNELS = KernelSetType()
 PRESET = click.Choice(sorted(PRESETS))
 CELL = click.Choice(CELL_TYPES)
 BITS = click.Choice([str(b) for b in BIT_WIDTHS])
+ENCODING = click.Choice(ENCODING_NAMES)  # one encoding, where a command does not search
+ENCODING_HELP = ("Input encoding: direct (the analog image every step), poisson (rate-coded spikes) or latency "
+                 "(one spike per pixel, brighter earlier) [the preset's: direct].")
 
 
 class DurationType(_Parsed):
@@ -57,6 +60,9 @@ class MacroValuesType(click.ParamType):
 
     name = "N[,N...]"
 
+    def __init__(self, name: str | None = None):
+        self.name = name or self.name
+
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
@@ -70,6 +76,7 @@ class MacroValuesType(click.ParamType):
 
 
 MACRO_VALUES = MacroValuesType()
+MACRO_NAMES = MacroValuesType("NAME[,NAME...]")  # a setting whose values are names (the encoding)
 # The macro settings a search can vary, as options: (flag, setting, help). One value overrides the
 # preset; a comma-separated list makes the setting a search dimension beside the cell.
 MACRO_OPTIONS = (
@@ -79,6 +86,7 @@ MACRO_OPTIONS = (
     ("--second-pool", "second_pool", "pooling before the head p"),
     ("--stem-stride", "stem_stride", "stem stride s"),
     ("--timesteps", "timesteps", "timesteps T"),
+    ("--encoding", "encoding", f"input encoding ({', '.join(ENCODING_NAMES)})"),
 )
 
 
@@ -90,8 +98,11 @@ def macro_options(defaults: dict | None = None):
         for flag, setting, about in reversed(MACRO_OPTIONS):
             names = (flag, "-T") if setting == "timesteps" else (flag,)
             default = defaults.get(setting)
-            f = click.option(*names, setting, type=MACRO_VALUES, default=default, show_default=default is not None,
-                             help=f"The {about}: N overrides the preset; N,N,... searches over the values.")(f)
+            value = "NAME" if setting in NAMED else "N"
+            f = click.option(*names, setting, type=MACRO_NAMES if setting in NAMED else MACRO_VALUES, default=default,
+                             show_default=default is not None,
+                             help=f"The {about}: {value} overrides the preset; {value},{value},... searches over "
+                                  "the values.")(f)
         return f
 
     return decorate

@@ -13,7 +13,7 @@ from spikernel.errors import ConfigError, GenotypeError
 from spikernel.nn.macro import default_preset
 from spikernel.space.genotype import Genotype
 from .group import main
-from .options import BITS, CELL, GENOTYPE, PRESET, apply_threads, threads_option
+from .options import BITS, CELL, ENCODING, ENCODING_HELP, GENOTYPE, PRESET, apply_threads, threads_option
 from .render import stdout
 
 
@@ -45,6 +45,7 @@ def read_genotypes(path: Path) -> list[Genotype]:
 @click.option("--votes", type=click.IntRange(min=1), help="Override the output neurons per class V.")
 @click.option("--second-pool", type=click.IntRange(min=1), help="Override the pooling before the head p.")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
+@click.option("--encoding", type=ENCODING, help=ENCODING_HELP)
 @click.option("--cell", type=CELL, help="Refuse cells that are not of this type.")
 @click.option("--proxy", default="sahd", show_default=True, help="The proxy reported as `score` (see --all).")
 @click.option("--all", "all_proxies", is_flag=True, help="Compute every known proxy.")
@@ -56,8 +57,8 @@ def read_genotypes(path: Path) -> list[Genotype]:
 @click.option("--device", default="cpu", show_default=True)
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
-def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, votes, second_pool, timesteps, cell,
-          proxy, all_proxies, batch, repeats, seed, bits, device, threads, as_json):
+def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, votes, second_pool, timesteps, encoding,
+          cell, proxy, all_proxies, batch, repeats, seed, bits, device, threads, as_json):
     """Score cells without training: the same score a search with these settings gives them."""
     from spikernel import api
 
@@ -73,7 +74,8 @@ def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, vo
         raise ConfigError(f"unknown proxy {proxy!r}; known: {', '.join(known)}")
     apply_threads(threads)
     data = api.load_dataset(dataset, data_dir)
-    overrides = dict(width=width, hidden=hidden, votes=votes, second_pool=second_pool, timesteps=timesteps)
+    overrides = dict(width=width, hidden=hidden, votes=votes, second_pool=second_pool, timesteps=timesteps,
+                     encoding=encoding)
     macro = api.preset(preset or default_preset(data.name), data, **overrides)
     scored = api.score(cells, macro, data, proxy=proxy, also=known if all_proxies else (), batch=batch,
                        repeats=repeats, seed=seed, bits=int(bits), device=device)

@@ -16,20 +16,22 @@ from rich.table import Table
 from spikernel.data import DATASET_NAMES
 from spikernel.nn.macro import MacroConfig, default_preset, get_preset
 from .group import main
-from .options import DURATION, GENOTYPE, PRESET, RECIPE, apply_threads, download_option, threads_option
+from .options import (DURATION, ENCODING, ENCODING_HELP, GENOTYPE, PRESET, RECIPE, apply_threads, download_option,
+                      threads_option)
 from .render import rendered_events, stdout
 
 
 DEFAULT_EPOCHS = {"fashion-mnist-mini": 4, "fashion-mnist": 8}
 
 
-def resolve_macro(dataset, searched: dict | None, preset: str | None, width, timesteps) -> MacroConfig:
+def resolve_macro(dataset, searched: dict | None, preset: str | None, width, timesteps,
+                  encoding: str | None = None) -> MacroConfig:
     """Preset (or the searched macro), overrides, then the dataset's shape and class count."""
     if preset is None and searched is not None:
         macro = MacroConfig.from_dict(searched)
     else:
         macro = get_preset(preset or default_preset(dataset.name))
-    overrides = {"width": width, "timesteps": timesteps}
+    overrides = {"width": width, "timesteps": timesteps, "encoding": encoding}
     return replace(macro, **{k: v for k, v in overrides.items() if v is not None}).for_data(dataset)
 
 
@@ -51,6 +53,7 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
 @click.option("--preset", "-p", type=PRESET, help="Macro preset [by dataset: fmnist, snasnet-cifar10, ...].")
 @click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
+@click.option("--encoding", type=ENCODING, help=ENCODING_HELP.replace("[the preset's", "[the search's, else the preset's"))
 @click.option("--lr", type=float, help="Peak learning rate [the recipe's: 5e-3 fast, 0.1 snasnet].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, shuffling, augmentation, dropout.")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only (smoke runs).")
@@ -63,7 +66,7 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 @click.option("--resume", is_flag=True, help="Require a run to continue in --out (re-running the command resumes anyway).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
-          preset, width, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
+          preset, width, encoding, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
     from spikernel.data.datasets import load_dataset
     from spikernel.training.recipe import recipe
@@ -75,7 +78,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
     if from_search is not None:
         genotype, searched_macro, searched_dataset = read_search(from_search)
     data = load_dataset(dataset or searched_dataset or "fashion-mnist-mini", data_dir, download)
-    macro = resolve_macro(data, searched_macro, preset, width, timesteps)
+    macro = resolve_macro(data, searched_macro, preset, width, timesteps, encoding)
     apply_threads(threads)
     config = recipe(recipe_name, epochs=epochs or DEFAULT_EPOCHS.get(data.name, 300), batch_size=batch_size, lr=lr,
                     seed=seed, limit_train=limit_train, augment=not no_augment, amp=amp, compile=compile_,

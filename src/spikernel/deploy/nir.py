@@ -217,6 +217,13 @@ def check_expressible(genotype: Genotype) -> None:
                                   "adding its value more than once, and a NIR edge has no weight to say so")
 
 
+def check_direct_input(model: SNN) -> None:
+    """A NIR graph starts at the stem: it has no encoder node to turn images into spikes."""
+    if model.macro.spiking_input:
+        raise ExportError(f"NIR export needs direct input: this network uses the {model.macro.encoding} "
+                          "encoding, and a NIR graph has no encoder node")
+
+
 # --------------------------------------------------------------------------- encoding for readers
 
 
@@ -340,6 +347,7 @@ def to_nir(model: SNN, example: torch.Tensor, target: str = "generic"):
     """(NIR graph, the ``StepGraph`` it was traced from) of ``model``, folded first, on an example batch."""
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
+    check_direct_input(model)
     check_expressible(model.genotype)
     folded = model if is_folded(model) else fold(model)
     step = StepGraph(folded)
@@ -533,6 +541,7 @@ def export_nir(model: SNN, path: str | os.PathLike, images: torch.Tensor, target
     the same spikes. ``images`` are normalised sample inputs [B, C, H, W]; ``metadata`` (strings and
     numbers, e.g. the epoch the weights are from) joins the graph's metadata. Returns the comparison report.
     """
+    check_direct_input(model)
     check_finite(model)
     folded = (model if is_folded(model) else fold(model)).float()
     graph, step = to_nir(folded, images[:1].float(), target)

@@ -11,8 +11,9 @@ What is counted, per image:
   they reach (at a zero-padded border a spike reaches fewer outputs). The average pool between
   the last LIF and the head is linear, so it folds into the head's weights: each spike it
   pools still drives ``hidden`` accumulates;
-- the stem convolution: MACs on the image. It runs once per inference (direct encoding feeds
-  the same image every step, so its output is reused for all T steps).
+- the stem convolution: with direct input, MACs on the image, once per inference (the same image
+  every step, so its output is reused for all T steps); with a spike encoding (``nn.encoding``)
+  its input is spikes, so it is one more spike-driven layer (``stem``): SOPs, and no MACs.
 Not counted: neuron updates, node sums, average pools and the per-channel affine before a LIF
 (elementwise work, small next to the synapses), and memory traffic.
 """
@@ -72,6 +73,7 @@ class OpsReport:
     synapses: list[LayerSops]
     stem_macs: int
     energy_model: EnergyModel = field(default_factory=EnergyModel)
+    encoding: str = "direct"
 
     @property
     def sops(self) -> float:
@@ -99,7 +101,8 @@ class OpsReport:
         e = self.energy_model
         return [
             ("synaptic ops / image", f"{self.sops:,.0f} accumulates ({self.timesteps} steps)"),
-            ("stem MACs / image", f"{self.stem_macs:,} (runs once)"),
+            ("stem MACs / image", f"{self.stem_macs:,} (runs once)" if self.encoding == "direct"
+             else f"0 ({self.encoding} input spikes: the stem accumulates, in the SOPs)"),
             ("energy / image", f"{self.energy_pj / 1e6:.3f} uJ (AC {e.e_ac} pJ, MAC {e.e_mac} pJ)"),
         ] + [(f"  SOPs {s.name}", f"{s.sops:,.0f}") for s in self.synapses]
 
@@ -115,6 +118,7 @@ class OpsReport:
             "energy_model": asdict(self.energy_model),
             "lif": [asdict(s) for s in self.lif],
             "synapses": [asdict(s) for s in self.synapses],
+            **({"encoding": self.encoding} if self.encoding != "direct" else {}),
         }
 
 
@@ -140,9 +144,14 @@ def _synapse_after_lif(seq: nn.Module) -> nn.Module | None:
     return None
 
 
+def stem_conv(model) -> nn.Conv2d:
+    return next(m for m in model.stem if isinstance(m, nn.Conv2d))
+
+
 def synapses(model) -> list[tuple[str, nn.Module, int]]:
-    """(name, layer, pooled area) for every spike-driven layer of an ``SNN`` (folded or not)."""
-    found = []
+    """(name, layer, pooled area) for every spike-driven layer of an ``SNN`` (folded or not): the
+    stem too when the input is spikes."""
+    found = [("stem", stem_conv(model), 1)] if model.macro.spiking_input else []
     for cell_name in ("cell1", "cell2"):
         for key, op in getattr(model, cell_name).ops.items():
             if (conv := _synapse_after_lif(op)) is not None:
@@ -181,8 +190,7 @@ class OpCounter:
     def __enter__(self) -> OpCounter:
         self.handles = [m.register_forward_hook(self._on_lif) for m in self.lif_names]
         self.handles += [m.register_forward_hook(self._on_synapse(name, area)) for name, m, area in self.synapses]
-        stem = next(m for m in self.model.stem if isinstance(m, nn.Conv2d))
-        self.handles.append(stem.register_forward_hook(self._on_stem))
+        self.handles.append(stem_conv(self.model).register_forward_hook(self._on_stem))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,6 +214,9 @@ class OpCounter:
         return hook
 
     def _on_stem(self, module, _inputs, output):
+        if self.model.macro.spiking_input:  # [T, B, ...] on input spikes: its SOPs are counted as a synapse's
+            self.images += output.shape[1]
+            return
         self.images += output.shape[0]
         self.stem_macs += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
 
@@ -223,6 +234,7 @@ class OpCounter:
                       for name, m, _ in self.synapses],
             stem_macs=self.stem_macs // n,
             energy_model=self.energy_model,
+            encoding=self.model.macro.encoding,
         )
 
 

@@ -95,8 +95,11 @@ def min_footprint(macro: MacroConfig) -> Footprint:
 
 
 def stem_macs(macro: MacroConfig) -> int:
-    """Multiply-accumulates of the 3x3 stem convolution per image: it sees the real-valued image
-    once per inference (direct encoding), whatever the cell, so it bounds energy from below."""
+    """Multiply-accumulates of the 3x3 stem convolution per image: with direct input it sees the
+    real-valued image once per inference, whatever the cell, so it bounds energy from below. A
+    spike encoding feeds it spikes: accumulates (SOPs, counted once spikes are seen), no MACs."""
+    if macro.spiking_input:
+        return 0
     return macro.in_channels * 9 * macro.width * macro.cell1_size**2
 
 

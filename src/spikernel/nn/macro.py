@@ -15,11 +15,22 @@ from spikernel.errors import ConfigError, SpikernelWarning
 
 TAU = 4.0 / 3.0  # v <- v + (x - v) / tau: the membrane keeps 25% per step
 THRESHOLD = 1.0
+# How an image enters the network (``nn.encoding`` has the encoders, under the same names): the
+# analog image at every step (SNASNet's), or spikes: rate (Poisson) or time-to-first-spike coding.
+DIRECT = "direct"
+ENCODING_NAMES = (DIRECT, "poisson", "latency")
 
 
-@dataclass(frozen=True)
+INPUT_STATS = ("input_mean", "input_std")
+
+
+@dataclass(frozen=True, eq=False)
 class MacroConfig:
-    """Everything but the cell: data shape, widths, head, pooling and neuron settings."""
+    """Everything but the cell: data shape, widths, head, pooling, neuron settings and input encoding.
+
+    Two settings are equal when they build the same network: with direct input the normalisation's
+    statistics play no part (and ``to_dict`` leaves them out), so they are not compared.
+    """
 
     in_channels: int = 1
     image_size: int = 28
@@ -36,6 +47,11 @@ class MacroConfig:
     head_init_std: float | None = None
     tau: float = TAU
     threshold: float = THRESHOLD
+    encoding: str = DIRECT
+    # The per-channel mean and std the images were normalised with (``for_data`` sets them): a spike
+    # encoding undoes the normalisation to see intensities in [0, 1]. The direct network never reads them.
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def __post_init__(self):
         for name in ("in_channels", "image_size", "num_classes", "width", "hidden", "votes",
@@ -45,11 +61,41 @@ class MacroConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_encoding(self.encoding)
+        self._check_input_stats()
         if self.head_size < 1:
             raise ConfigError(
                 f"image size {self.image_size} is too small for stem stride {self.stem_stride}, "
                 f"a 2x2 pool and second pool {self.second_pool}"
             )
+
+    def _check_input_stats(self) -> None:
+        try:  # JSON gives lists; a frozen config keeps tuples (hashable, one spelling)
+            mean, std = tuple(map(float, self.input_mean)), tuple(map(float, self.input_std))
+        except (TypeError, ValueError):
+            raise ConfigError(f"input mean and std must be lists of numbers, got {self.input_mean!r}, "
+                              f"{self.input_std!r}") from None
+        if len(mean) != len(std) or (mean and len(mean) != self.in_channels):
+            raise ConfigError(f"input mean and std need one value per input channel ({self.in_channels}), "
+                              f"got {len(mean)} and {len(std)}")
+        if any(not v > 0 for v in std):
+            raise ConfigError(f"input std must be positive, got {list(std)}")
+        object.__setattr__(self, "input_mean", mean)
+        object.__setattr__(self, "input_std", std)
+
+    def _compared(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if self.spiking_input or f.name not in INPUT_STATS)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    @property
+    def spiking_input(self) -> bool:
+        """Whether the stem sees spikes (a spike encoding) rather than the analog image."""
+        return self.encoding != DIRECT
 
     # Spatial sizes follow the layers: 3x3 stem (padding 1, stride s), 2x2 pool, p x p pool.
     @property
@@ -70,11 +116,20 @@ class MacroConfig:
 
     def for_data(self, data) -> MacroConfig:
         """These settings at a dataset's image shape and class count (anything with ``in_channels``,
-        ``image_size`` and ``num_classes``, e.g. a ``Dataset``)."""
-        return replace(self, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+        ``image_size`` and ``num_classes``, e.g. a ``Dataset``), and its normalisation's mean and std
+        when it has them (what a spike encoding needs)."""
+        stats = {"input_mean": tuple(data.mean), "input_std": tuple(data.std)} if getattr(data, "mean", None) else {}
+        return replace(self, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes,
+                       **stats)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.spiking_input:  # absent for direct input: run.json files and studies from before match
+            for name in ("encoding", *INPUT_STATS):
+                data.pop(name)
+        else:
+            data["input_mean"], data["input_std"] = list(self.input_mean), list(self.input_std)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> MacroConfig:
@@ -92,8 +147,16 @@ class MacroConfig:
 
 # --------------------------------------------------------------------------- macro dimensions
 
-# The macro settings a search may vary alongside the cell, in the order combinations enumerate them.
-SEARCHABLE = ("width", "hidden", "votes", "second_pool", "stem_stride", "timesteps")
+# The macro settings a search may vary alongside the cell, in the order combinations enumerate them:
+# positive integers, and the input encoding (a name of ``ENCODING_NAMES``).
+SEARCHABLE = ("width", "hidden", "votes", "second_pool", "stem_stride", "timesteps", "encoding")
+NAMED = {"encoding": ENCODING_NAMES}  # settings whose values are names, in their canonical order
+
+
+def check_encoding(name) -> str:
+    if name not in ENCODING_NAMES:
+        raise ConfigError(f"unknown encoding {name!r}; choose one of {', '.join(ENCODING_NAMES)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -107,7 +170,7 @@ class MacroSpace:
     """
 
     base: MacroConfig
-    dimensions: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, values): SEARCHABLE order, ascending
+    dimensions: tuple[tuple[str, tuple, ...], ...] = ()  # (name, values): SEARCHABLE order, ascending
 
     def __post_init__(self):
         if not isinstance(self.base, MacroConfig):
@@ -120,7 +183,7 @@ class MacroSpace:
         if len({name for name, _ in self.dimensions}) != len(self.dimensions):
             raise ConfigError("a macro dimension is listed twice")
         # One spelling per space: dimensions in SEARCHABLE order, values ascending (8,16 is 16,8).
-        canonical = tuple(sorted(((name, tuple(sorted(values))) for name, values in self.dimensions),
+        canonical = tuple(sorted(((name, sort_values(name, values)) for name, values in self.dimensions),
                                  key=lambda d: SEARCHABLE.index(d[0])))
         object.__setattr__(self, "dimensions", canonical)
         for values in itertools.product(*(v for _, v in self.dimensions)):
@@ -130,11 +193,11 @@ class MacroSpace:
                 raise ConfigError(f"macro combination {_label(dict(zip(self.names, values)))} is invalid: {exc}") from None
 
     @classmethod
-    def of(cls, base: MacroConfig, dimensions: Mapping[str, Iterable[int]] | None = None, **more) -> MacroSpace:
+    def of(cls, base: MacroConfig, dimensions: Mapping[str, Iterable] | None = None, **more) -> MacroSpace:
         """``base`` with each named setting searched over its values; a single value overrides the base.
 
-        Values are positive integers; an unknown name, a non-integer, a value below one or no value
-        at all is a ``ConfigError``.
+        Values are positive integers (an encoding: one of ``ENCODING_NAMES``); an unknown name, a
+        non-integer, a value below one, an unknown encoding or no value at all is a ``ConfigError``.
         """
         given = {**(dimensions or {}), **more}
         unknown = sorted(set(given) - set(SEARCHABLE))
@@ -178,7 +241,7 @@ class MacroSpace:
         """Every combination of the dimensions' values, as settings (the base alone without dimensions)."""
         return [self.combination(i) for i in range(self.size)]
 
-    def with_choice(self, choice: Mapping[str, int]) -> MacroConfig:
+    def with_choice(self, choice: Mapping[str, int | str]) -> MacroConfig:
         """The base with the searched settings at ``choice`` (``{name: value}``, one per dimension)."""
         if set(choice) != set(self.names):
             raise ConfigError(f"a macro choice names {sorted(choice)}, the space searches {list(self.names)}")
@@ -187,7 +250,7 @@ class MacroSpace:
                 raise ConfigError(f"{name}={choice[name]!r} is not one of the searched values {list(values)}")
         return replace(self.base, **choice)
 
-    def choice_of(self, macro: MacroConfig) -> dict[str, int]:
+    def choice_of(self, macro: MacroConfig) -> dict[str, int | str]:
         """The searched settings' values in ``macro`` (empty without dimensions)."""
         return {name: getattr(macro, name) for name in self.names}
 
@@ -212,23 +275,39 @@ def _label(choice: Mapping[str, int]) -> str:
     return ",".join(f"{name}={value}" for name, value in choice.items())
 
 
-def _values(name: str, given) -> tuple[int, ...]:
+def _values(name: str, given) -> tuple:
     values = tuple(given) if isinstance(given, (list, tuple, set, frozenset, range)) else (given,)
     if not values:
         raise ConfigError(f"macro setting {name} has no values: the product of the dimensions is empty")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if name in NAMED:
+            if value not in NAMED[name]:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(NAMED[name])}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} values must be positive integers, got {value!r}")
     if len(set(values)) != len(values):
         raise ConfigError(f"{name} lists a value twice: {list(values)}")
     return values
 
 
-def parse_values(name: str, text: str) -> tuple[int, ...]:
-    """``"8,16,32"`` as the values of macro setting ``name`` (one value: an override)."""
+def sort_values(name: str, values) -> tuple:
+    """A setting's values in their one order: numbers ascending, names as ``NAMED`` lists them."""
+    return tuple(sorted(values, key=NAMED[name].index if name in NAMED else None))
+
+
+def parse_value(name: str, text):
+    """One value of macro setting ``name`` as a table cell holds it (``"8"``, ``"poisson"``)."""
+    return str(text) if name in NAMED else int(text)
+
+
+def parse_values(name: str, text: str) -> tuple:
+    """``"8,16,32"`` (``"direct,poisson"`` for the encoding) as the values of macro setting ``name``
+    (one value: an override)."""
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
         raise ConfigError(f"no {name} values given: the product of the dimensions is empty")
+    if name in NAMED:
+        return _values(name, parts)
     values = []
     for part in parts:
         try:

@@ -14,6 +14,7 @@ from spikingjelly.activation_based import functional, layer
 from torch import nn
 
 from spikernel.errors import GenotypeError  # noqa: F401  (raised by Cell, re-exported)
+from spikernel.nn.encoding import check_encodable, encode
 from spikernel.nn.layers import StepAvgPool2d, TimestepBatchNorm2d
 from spikernel.nn.macro import (DATASET_PRESETS, PRESET_NOTES, PRESETS, MacroConfig, default_preset,  # noqa: F401
                                 get_preset, oversized_kernels, register_preset, warn_oversized_kernels)
@@ -123,12 +124,10 @@ class SNN(nn.Module):
     def __init__(self, genotype: Genotype, macro: MacroConfig):
         super().__init__()
         warn_oversized_kernels(genotype.kernels, macro)
+        check_encodable(macro)
         self.genotype, self.macro = genotype.pruned(), macro
         c, m = macro.width, macro
-        self.stem = nn.Sequential(
-            nn.Conv2d(m.in_channels, c, 3, stride=m.stem_stride, padding=1, bias=False),
-            TimestepBatchNorm2d(c),
-        )
+        self.stem = nn.Sequential(stem_conv(m), TimestepBatchNorm2d(c))
         self.cell1 = Cell(genotype, c, m)
         self.reduction = nn.Sequential(
             TimestepBatchNorm2d(c),
@@ -175,8 +174,7 @@ class SNN(nn.Module):
     def forward_steps(self, images: torch.Tensor) -> torch.Tensor:
         """Per-timestep logits [T, B, classes]. Neuron state starts from rest on every call."""
         functional.reset_net(self)
-        static = self.stem(images)  # direct encoding: the stem sees the same image each step
-        x = static.unsqueeze(0).expand(self.macro.timesteps, *static.shape)
+        x = self.stem_steps(self.stem_source(images), 0, self.macro.timesteps)
         x = self.cell1(x)
         x = self.reduction(x)
         x = self.cell2(x)
@@ -195,16 +193,39 @@ class SNN(nn.Module):
         costs what convolving T*B once does.
         """
         functional.reset_net(self)
-        static = self.stem(images)
         steps = self.macro.timesteps
         per_pass = steps_per_pass or steps
         carries = [None, None]
+        source = self.stem_source(images)
         for start in range(0, steps, per_pass):
-            x = static.unsqueeze(0).expand(min(per_pass, steps - start), *static.shape)
+            x = self.stem_steps(source, start, min(per_pass, steps - start))
             final = start + per_pass >= steps
             x, carries[0] = self.cell1.run(x, carries[0], carry_last=not final)
             x, carries[1] = self.cell2.run(self.reduction(x), carries[1], carry_last=not final)
             self.head[:-1](self.last(x).flatten(2))
+
+    def stem_source(self, images: torch.Tensor) -> torch.Tensor:
+        """What ``stem_steps`` takes its steps from. Direct encoding: the stem's output on the image
+        [B, C, H, W], computed once and reused for every step. A spike encoding: the input spikes
+        of all T steps [T, B, C_in, H, W], drawn at once (the same draws however the steps are run)."""
+        inputs = encode(images, self.macro)
+        return inputs if self.macro.spiking_input else self.stem(inputs)
+
+    def stem_steps(self, source: torch.Tensor, start: int, count: int) -> torch.Tensor:
+        """The stem's output [count, B, C, H, W] for timesteps ``start`` ... (on input spikes, the
+        stem runs on those steps only: its BatchNorm has statistics per step)."""
+        if not self.macro.spiking_input:
+            return source.unsqueeze(0).expand(count, *source.shape)
+        return self.stem(source[start : start + count])
+
+
+def stem_conv(macro: MacroConfig) -> nn.Conv2d:
+    """The 3x3 stem convolution: on one image (direct input), or multi-step on the input spikes
+    (the same parameters, so the same state_dict keys)."""
+    m = macro
+    if not m.spiking_input:
+        return nn.Conv2d(m.in_channels, m.width, 3, stride=m.stem_stride, padding=1, bias=False)
+    return layer.Conv2d(m.in_channels, m.width, 3, stride=m.stem_stride, padding=1, bias=False, step_mode="m")
 
 
 def build_model(genotype: Genotype | str, macro: MacroConfig | str, device: torch.device | str | None = None) -> SNN:

@@ -26,7 +26,7 @@ from spikernel.events import OnEvent, emit
 from spikernel.nas.engine import candidate_name, candidate_slug, check_budget_reachable
 from spikernel.nas.run import search
 from spikernel.nn.footprint import Budget
-from spikernel.nn.macro import MacroConfig, MacroSpace
+from spikernel.nn.macro import NAMED, MacroConfig, MacroSpace, parse_value
 from spikernel.training.loop import TrainConfig
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train
@@ -78,9 +78,9 @@ def macro_of(settings: ExploreSettings, data) -> MacroSpace:
     return settings.macro_space().for_data(data)
 
 
-def choice_of(row: dict, names) -> dict[str, int]:
+def choice_of(row: dict, names) -> dict[str, int | str]:
     """A search row's values of the searched macro settings (``names``)."""
-    return {name: int(row[name]) for name in names}
+    return {name: parse_value(name, row[name]) for name in names}
 
 
 def trained_macro(row: dict, space: MacroSpace) -> MacroConfig:
@@ -149,7 +149,7 @@ def read_candidates(path: Path, dimensions=()) -> list[dict]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        optional = ("sops", "energy_uj", *dimensions)  # columns only some searches write
+        optional = ("sops", "energy_uj", *(d for d in dimensions if d not in NAMED))  # columns only some searches write
         for row in rows:
             for key in ("trial", "params", "footprint_bytes", "score", "seconds", *(k for k in optional if k in row)):
                 row[key] = _number(row.get(key, ""))

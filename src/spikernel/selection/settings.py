@@ -8,7 +8,7 @@ from typing import Mapping
 
 from spikernel.errors import ConfigError
 from spikernel.nn.footprint import Budget
-from spikernel.nn.macro import MacroSpace, get_preset
+from spikernel.nn.macro import MacroSpace, get_preset, sort_values
 from spikernel.space.genotype import KernelSet
 
 
@@ -34,8 +34,8 @@ class ExploreSettings:
     seed: int = 0
     ablation: tuple[int, ...] = ()
     # Macro settings by name: one value overrides the preset, several are searched beside the cell
-    # ({"width": (8, 16)}); the search's macro dimensions.
-    macro_values: tuple[tuple[str, tuple[int, ...]], ...] | Mapping = ()
+    # ({"width": (8, 16)}, {"encoding": ("direct", "poisson")}); the search's macro dimensions.
+    macro_values: tuple[tuple[str, tuple], ...] | Mapping = ()
 
     def __post_init__(self):
         names = [KernelSet.parse(k).name for k in self.kernel_sets]
@@ -53,7 +53,7 @@ class ExploreSettings:
         given = {name: tuple(v) if isinstance(v, (list, tuple, range)) else (v,) for name, v in dict(self.macro_values).items()}
         object.__setattr__(self, "macro_values", tuple((name, given[name]) for name in sorted(given)))
         self.macro_space()  # fail early on an unknown setting, a bad value or an invalid combination
-        object.__setattr__(self, "macro_values", tuple((name, tuple(sorted(v))) for name, v in self.macro_values))
+        object.__setattr__(self, "macro_values", tuple((name, sort_values(name, v)) for name, v in self.macro_values))
 
     def macro_space(self) -> MacroSpace:
         """The preset with the overrides and the searched settings (at the preset's image shape)."""
