@@ -76,7 +76,7 @@ class ExploreSettings:
 
 
 
-# Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (8 min 16 s measured, idle).
+# Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (9 min 03 s measured, idle).
 RUN_DEFAULTS = ExploreSettings(
     kernel_sets=("1x1_3x3", "1x1_5x5", "1x1_7x7"), candidates=100, top_k=1, epochs=2, budget="300K",
     preset="fmnist-small", timesteps=4, score_batch=64, repeats=2,
