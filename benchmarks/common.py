@@ -83,3 +83,13 @@ def append_row(path, row: dict) -> None:
         writer.writerow(row)
         f.flush()
         os.fsync(f.fileno())
+
+
+def add_search_options(parser, batch: int) -> None:
+    """The options every scoring benchmark takes: what is searched and how it is scored."""
+    parser.add_argument("--preset", default="fmnist-small")
+    parser.add_argument("--kernels", default="1x1_3x3_5x5")
+    parser.add_argument("--cell", default="backward")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from scipy.stats import kendalltau, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, normalize, scoring_images  # noqa: E402
+from common import add_search_options, machine, normalize, scoring_images  # noqa: E402
 
 from spikernel.nas.fidelity import Fidelity, shortlist  # noqa: E402
 from spikernel.nn.model import get_preset  # noqa: E402
@@ -105,14 +105,9 @@ def evaluate(full: dict, cheap: dict, fidelity_text: str, tops, resamples: int, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_search_options(parser, batch=128)
     parser.add_argument("--candidates", type=int, default=320,
                         help="search slots (distinct cells are scored: 210 of the first 320 by default)")
-    parser.add_argument("--preset", default="fmnist-small")
-    parser.add_argument("--kernels", default="1x1_3x3_5x5")
-    parser.add_argument("--cell", default="backward")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--resamples", type=int, default=1000, help="random sub-searches for the pick rates")
     parser.add_argument("--grid", nargs="*", default=GRID, help="cheap settings (Fidelity syntax without top)")

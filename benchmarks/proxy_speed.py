@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, normalize, scoring_images  # noqa: E402
+from common import add_search_options, machine, normalize, scoring_images  # noqa: E402
 
 from spikernel.data.datasets import load_dataset  # noqa: E402
 from spikernel.files import write_json  # noqa: E402
@@ -28,15 +28,10 @@ from spikernel.space.genotype import sample_many  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="fmnist-small")
-    parser.add_argument("--kernels", default="1x1_3x3_5x5")
-    parser.add_argument("--cell", default="backward")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    add_search_options(parser, batch=64)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--proxies", default=",".join(PROXIES))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
