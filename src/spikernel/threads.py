@@ -6,7 +6,7 @@ for its slowest thread), which is where a shared machine's 16-45x slowdowns came
 default spikernel takes the cores other processes leave idle, at least one.
 
 Idle is counted from the tasks runnable right now (``/proc/loadavg``'s fourth field, the median of
-a few reads 10 ms apart), not from the one-minute load average: that average lags by a minute, and
+three reads 5 ms apart), not from the one-minute load average: that average lags by a minute, and
 right after other jobs stopped it left a 14-minute main job on one of two idle cores.
 """
 
@@ -32,7 +32,7 @@ def idle_cores() -> int:
     return cores if busy is None else max(1, min(cores, cores - busy))
 
 
-def busy_elsewhere(reads: int = 5) -> int | None:
+def busy_elsewhere(reads: int = 3) -> int | None:
     """Runnable tasks other than this one (median of ``reads`` snapshots); None where unknown."""
     counts = []
     try:
@@ -41,7 +41,7 @@ def busy_elsewhere(reads: int = 5) -> int | None:
                 running = int(f.read().split()[3].split("/")[0])
             counts.append(running - 1)  # this process is running while it reads
             if i < reads - 1:
-                time.sleep(0.01)
+                time.sleep(0.005)
     except (OSError, ValueError, IndexError):  # not Linux: the one-minute average is all there is
         try:
             return round(os.getloadavg()[0])
