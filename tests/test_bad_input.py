@@ -411,9 +411,9 @@ def test_out_folders_with_url_characters_hold_their_own_study(tmp_path, name):
     code, _, err = cli(*args)
     assert code == 0, err
     names = {p.name for p in out.iterdir()} - {"study.db-wal", "study.db-shm"}  # SQLite's own, while it is open
-    assert names == {"candidates.csv", "search.json", "selection.json", "study.db"}
+    assert names == {"candidates.csv", "search.json", "selection.json", "study.db", ".request.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing is written beside the folder"
-    code, _, err = cli(*args)  # a rerun finds the same study: nothing is scored again
+    code, _, err = cli(*args, "--top", 3)  # a rerun (through the library) finds the same study: nothing is scored again
     assert code == 0 and json.loads((out / "search.json").read_text())["this_run"]["candidates"] == 0
 
 

@@ -10,10 +10,14 @@ from rich.table import Table
 from spikernel.data import DEFAULT_DATASET
 from spikernel.nas import SAMPLERS
 from spikernel.nn.macro import MacroSpace, default_preset, get_preset
+from .rerun import finished_results, remember_request, request_of
 from .group import main
 from .options import (BITS, BUDGET_HELP, CELL, KERNELS, OBJECTIVES_HELP, PRESET, apply_threads, download_option,
                       macro_options, threads_option)
 from .render import rendered_events, stdout
+
+
+RESULTS = ("search.json", "selection.json")
 
 
 @main.command()
@@ -64,6 +68,13 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable.
 
     A macro setting given as a list (--width 8,16,32) is searched alongside the cell."""
+    asked = None if storage else request_of("search", click.get_current_context().params, data_dir, dataset)
+    stored = finished_results(out, asked, RESULTS)
+    if stored:  # the same search, already finished: its results, without importing PyTorch
+        click.echo(f"{out} is already finished; its results are in {out / 'selection.json'}", err=True)
+        report = {**stored["search.json"], "this_run": {"candidates": 0, "wall_seconds": 0.0, "candidates_per_second": 0.0}}
+        stdout().print(summary_table({"search": report, "selection": stored["selection.json"]}, out))
+        return
     from spikernel.data.datasets import load_dataset
     from spikernel.nas.run import search as run_search
 
@@ -79,6 +90,7 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             validation=validation, state_budget=state_budget,
                             state_bits=int(state_bits) if state_bits else None, energy_budget=energy_budget,
                             objectives=objectives, on_event=on_event)
+    remember_request(out, asked, RESULTS)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from spikernel.data import DATASET_NAMES
 from spikernel.nn.macro import MacroConfig, default_preset, get_preset
+from .rerun import finished_results, remember_request, request_of
 from .group import main
 from .options import (DURATION, ENCODING, ENCODING_HELP, GENOTYPE, PRESET, RECIPE, apply_threads, download_option,
                       threads_option)
@@ -33,6 +34,9 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
         macro = get_preset(preset or default_preset(dataset.name))
     overrides = {"width": width, "timesteps": timesteps, "encoding": encoding}
     return replace(macro, **{k: v for k, v in overrides.items() if v is not None}).for_data(dataset)
+
+
+RESULTS = ("result.json",)
 
 
 @main.command()
@@ -68,6 +72,16 @@ def resolve_macro(dataset, searched: dict | None, preset: str | None, width, tim
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
           preset, width, encoding, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
+    also = [from_search / "selection.json"] if from_search is not None else []
+    asked = request_of("train", click.get_current_context().params, data_dir, dataset or (None if from_search else
+                          "fashion-mnist-mini"), also) if from_search is None or dataset or data_dir else None
+    stored = finished_results(out, asked, RESULTS)
+    if stored:  # the same training, already finished: its result, without importing PyTorch
+        if _is_main():
+            click.echo(f"{out} is already finished; its result is in {out / 'result.json'}", err=True)
+            stdout().print(result_table(stored["result.json"]))
+            click.echo(f"run folder: {out}", err=True)
+        return
     from spikernel.data.datasets import load_dataset
     from spikernel.training.recipe import recipe
     from spikernel.training.run import read_search, train as run_train
@@ -88,6 +102,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
                             command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event,
                             data_dir=data_dir)
     if _is_main():
+        remember_request(out, asked, RESULTS)
         stdout().print(result_table(trained.result))
         click.echo(f"run folder: {out}", err=True)
 
