@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from helpers import write_fashion_mnist
+
 SEARCH = ["search", "-p", "fmnist-tiny", "-T", "2", "-n", "2", "--batch", "8", "--repeats", "1"]
 TRAIN = ["train", "-g", "0001 0000 0000 0000", "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "32"]
 PROBE = """
@@ -21,10 +23,10 @@ print("torch imported:", "torch" in sys.modules, "exit", code, file=sys.stderr)
 """
 
 
-def spikernel(*args, cwd):
+def spikernel(*args, cwd, code=0):
     done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert "exit 0" in done.stderr, done.stderr[-2000:]
+    assert f"exit {code}" in done.stderr, done.stderr[-2000:]
     return done.stdout, "torch imported: True" in done.stderr
 
 
@@ -50,3 +52,12 @@ def test_another_option_takes_the_library_path(tmp_path):
     spikernel(*SEARCH, "--out", "r", cwd=tmp_path)
     _, imported = spikernel(*SEARCH, "--top", "1", "--out", "r", cwd=tmp_path)
     assert imported and len(json.loads((tmp_path / "r" / "selection.json").read_text())["top"]) == 1
+
+
+def test_changed_data_files_take_the_library_path(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data")
+    args = [*SEARCH, "--dataset", "fashion-mnist", "--data-dir", str(data), "--out", "r"]
+    spikernel(*args, cwd=tmp_path)
+    assert not spikernel(*args, cwd=tmp_path)[1]
+    write_fashion_mnist(data, train=80)  # the same names, other contents: the library sees other scoring data
+    assert spikernel(*args, cwd=tmp_path, code=2)[1]
