@@ -64,6 +64,6 @@ def _stats(path: Path) -> list:
     machine path goes into a run folder)."""
     try:
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        return [[f.name, st.st_size, st.st_mtime_ns] for f in files for st in (f.stat(),)]
     except OSError:
         return [[path.name, None, None]]

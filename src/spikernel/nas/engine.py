@@ -145,8 +145,13 @@ def _settings(macro: MacroConfig | MacroSpace) -> list[MacroConfig]:
 def _smallest(macro: MacroConfig | MacroSpace, size: Callable[[Footprint], int]) -> tuple[Footprint, str]:
     """The smallest network by ``size`` over every combination, and its combination (`` at width=8``)."""
     fp, m = min(((min_footprint(m), m) for m in _settings(macro)), key=lambda pair: size(pair[0]))
-    label = choice_label(macro.choice_of(m)) if isinstance(macro, MacroSpace) else ""
-    return fp, f" (at {label})" if label else ""
+    return fp, _at(macro, m)
+
+
+def _at(macro: MacroConfig | MacroSpace, combination: MacroConfig) -> str:
+    """`` (at width=8)``: which combination of a space a message is about ('' without dimensions)."""
+    label = choice_label(macro.choice_of(combination)) if isinstance(macro, MacroSpace) else ""
+    return f" (at {label})" if label else ""
 
 
 def check_state_budget_reachable(budget: StateBudget | None, macro: MacroConfig | MacroSpace) -> None:
@@ -179,9 +184,8 @@ def check_energy_budget_reachable(budget: EnergyBudget | None, macro: MacroConfi
     least = min(settings, key=stem_macs)
     floor = stem_macs(least) * E_MAC_PJ
     if floor > budget.limit:
-        label = choice_label(macro.choice_of(least)) if isinstance(macro, MacroSpace) else ""
         raise ConfigError(f"no candidate can meet the energy budget of {budget}: the smallest possible network"
-                          f"{f' (at {label})' if label else ''} spends {floor / 1e6:g} uJ on its stem convolution "
+                          f"{_at(macro, least)} spends {floor / 1e6:g} uJ on its stem convolution "
                           f"alone ({stem_macs(least):,} multiply-accumulates)")
 
 
@@ -205,15 +209,9 @@ def top_k(candidates: Iterable[Candidate], k: int) -> list[Candidate]:
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Scored candidates not beaten by one that is both smaller (stored values) and higher-scoring."""
-    front, best_score = [], -float("inf")
-    ordered = sorted((c for c in candidates if c.score is not None),
-                     key=lambda c: (c.footprint.stored_values, -c.score, c.trial))
-    for c in ordered:
-        if c.score > best_score:
-            front.append(c)
-            best_score = c.score
-    return front
+    """Scored candidates not beaten by one that is both smaller (stored values) and higher-scoring:
+    what a budget on stored values picks at each level."""
+    return [c for _, c in budget_picks(candidates, lambda c: c.footprint.stored_values)]
 
 
 def objective_values(c: Candidate, objectives: Sequence[str], bits: int = 32) -> list[float]:
@@ -759,9 +757,10 @@ class Search:
         while True:
             slots = self.view()
             missing = slots.missing()
-            claimed = next((i for i in map(self._trial_id, slots.waiting) if self._claim(i)), None)
+            waiting = ((self._trial_id(t), t.user_attrs[SLOT_ATTR]) for t in slots.waiting)
+            claimed = next(((i, slot) for i, slot in waiting if self._claim(i)), None)
             if claimed is not None:
-                self._run_trial(claimed, self.storage.get_trial(claimed).user_attrs[SLOT_ATTR])  # then look again
+                self._run_trial(*claimed)  # then look again
             elif missing:
                 slot = self._pick(missing, slots)
                 created = self.storage.create_new_trial(

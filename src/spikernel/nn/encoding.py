@@ -35,8 +35,8 @@ def check_encodable(macro: MacroConfig) -> None:
 
 
 def intensities(images: torch.Tensor, macro: MacroConfig) -> torch.Tensor:
-    """Normalised images [B, C, H, W] back to intensities in [0, 1] (clamped: float rounding)."""
-    check_encodable(macro)
+    """Normalised images [B, C, H, W] back to intensities in [0, 1] (clamped: float rounding);
+    ``macro`` has the statistics (``SNN`` checks it when it is built)."""
     shape = (1, -1, 1, 1)
     mean = torch.tensor(macro.input_mean, dtype=images.dtype, device=images.device).view(shape)
     std = torch.tensor(macro.input_std, dtype=images.dtype, device=images.device).view(shape)
