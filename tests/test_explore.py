@@ -136,3 +136,30 @@ def test_seeds_give_each_set_an_interval_and_a_test(tmp_path):
     assert rows[0]["mean (%)"] == pytest.approx(50 * (first[0]["test_acc"] + first[1]["test_acc"]))
     chosen = select(study)
     assert chosen.row["seeds"] == 2  # picked by the mean over its seeds
+
+
+def test_explore_searches_with_nsga2_and_trains_the_refined_pick(tmp_path):
+    settings = ExploreSettings(**{**TINY.to_dict(), "kernel_sets": ("1x1_3x3",), "ablation": (), "top_k": 1,
+                                  "candidates": 6, "sampler": "nsga2", "objectives": "score,footprint",
+                                  "refine": 2, "refine_epochs": 1, "validation": 32})
+    out = tmp_path / "refined"
+    study = explore(settings, out)
+    chosen = json.loads((out / "1x1_3x3" / "search" / "selection.json").read_text())
+    assert chosen["objectives"] == ["score", "footprint"] and chosen["refined"]["candidates"] == 2
+    assert json.loads((out / "1x1_3x3" / "search" / "search.json").read_text())["settings"]["sampler"] == "nsga2"
+    [trained] = study.results[0].trained
+    assert trained["genotype"] == chosen["best"]["genotype"]  # the refined pick, not the top score's
+    assert json.loads((out / "explore.json").read_text())["refine"] == 2
+    assert "sampler" not in TINY.to_dict()  # defaults stay out of explore.json: older folders still resume
+    assert not load_study(out).missing
+
+
+@pytest.mark.parametrize("args,error", [
+    (("--sampler", "nsga2", "--objectives", "score"), "objective"),
+    (("--state-budget", "10B"), "state"),
+    (("--refine", "9", "-n", "5"), "refine 9 is more than the 5 candidates"),
+])
+def test_explore_selection_options_bad_input_is_one_line(tmp_path, args, error):
+    code, _, err = cli("explore", "-p", "fmnist-tiny", *args, "--out", str(tmp_path / "x"))
+    assert code == 2 and err.count("\n") == 1 and error in err, err
+    assert not (tmp_path / "x").exists()

@@ -13,7 +13,7 @@ from spikernel.selection.settings import ExploreSettings
 from .group import main
 from .render import rendered_events
 from .options import (BITS, BUDGET_HELP, CELL, PRESET, RECIPE, apply_threads, download_option, macro_options,
-                      macro_values, threads_option)
+                      macro_values, selection_options, threads_option)
 
 _D = ExploreSettings()
 
@@ -71,7 +71,7 @@ def explore_options(defaults: ExploreSettings = _D):
     def decorate(f):
         for option in reversed(options):
             f = option(f)
-        return f
+        return selection_options(f)
 
     return decorate
 
@@ -88,6 +88,7 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None, str]:
     kernel_sets = kernels or (tuple(k.strip() for k in listed.split(",") if k.strip()) if listed is not None
                               else ExploreSettings().kernel_sets)
     budget = options.pop("budget")
+    state_bits = options.pop("state_bits")
     macro = macro_values(options)
     timesteps = macro.pop("timesteps", None)
     if timesteps is not None and len(timesteps) > 1:
@@ -95,7 +96,7 @@ def settings_from(options: dict) -> tuple[ExploreSettings, str | None, str]:
     settings = ExploreSettings(kernel_sets=kernel_sets, bits=int(options.pop("bits")),
                                budget=None if budget is None or budget.lower() == "none" else budget,
                                timesteps=timesteps[0] if timesteps is not None and len(timesteps) == 1 else None,
-                               macro_values=macro, **options)
+                               state_bits=int(state_bits) if state_bits else None, macro_values=macro, **options)
     if download:
         from spikernel.data.datasets import load_dataset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from spikernel.errors import SpikernelError
+from spikernel.nas import SAMPLERS
 from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
 from spikernel.nn.macro import ENCODING_NAMES, NAMED, PRESETS, parse_values
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
@@ -130,6 +131,31 @@ def apply_threads(threads: int | None) -> int:
 
 OBJECTIVES_HELP = ("What --sampler nsga2 trades off, and selection.json's pareto is over: score,footprint (default) "
                    "or score,footprint,energy [energy too under an --energy-budget].")
+
+def selection_options(f):
+    """How candidates are drawn and picked, and the budgets beside memory: the same options on
+    ``search``, ``explore`` and ``run``."""
+    options = [
+        click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
+                     help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint, and energy: "
+                          "--objectives)."),
+        click.option("--objectives", help=OBJECTIVES_HELP),
+        click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron."),
+        click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits]."),
+        click.option("--energy-budget", help="Energy (5uJ, 800nJ) or synaptic operations (2MSOP) per inference, "
+                                             "estimated from each candidate's spikes at initialisation on the first "
+                                             "scoring batch."),
+        click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Train the best K briefly on a validation split (successive halving) and pick by "
+                          "validation accuracy."),
+        click.option("--refine-epochs", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--validation", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="Training images held out for refinement's validation accuracy."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
 
 BUDGET_HELP = (f"Memory limit: {BUDGET_FORMS}; bytes count weights at --bits. Exponents (1e3), signs, "
                "inf and nan are refused.")

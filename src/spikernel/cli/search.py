@@ -8,12 +8,11 @@ import click
 from rich.table import Table
 
 from spikernel.data import DEFAULT_DATASET
-from spikernel.nas import SAMPLERS
 from spikernel.nn.macro import MacroSpace, default_preset, get_preset
 from .rerun import finished_results, remember_request, request_of
 from .group import main
-from .options import (BITS, BUDGET_HELP, CELL, KERNELS, OBJECTIVES_HELP, PRESET, apply_threads, download_option,
-                      macro_options, threads_option)
+from .options import (BITS, BUDGET_HELP, CELL, KERNELS, PRESET, apply_threads, download_option, macro_options,
+                      selection_options, threads_option)
 from .render import rendered_events, stdout
 
 
@@ -30,10 +29,6 @@ RESULTS = ("search.json", "selection.json")
               help="Cells to sample (SpiKernel 1000, SNASNet 5000).")
 @click.option("--budget", help=BUDGET_HELP)
 @click.option("--bits", type=BITS, default="32", show_default=True, help="Bits per weight for byte footprints.")
-@click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron.")
-@click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits].")
-@click.option("--energy-budget", help="Energy (5uJ, 800nJ) or synaptic operations (2MSOP) per inference, estimated "
-              "from each candidate's spikes at initialisation on the first scoring batch.")
 @click.option("--cell", type=CELL, default="backward", show_default=True)
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch (the same option in explore, run and score).")
@@ -41,9 +36,6 @@ RESULTS = ("search.json", "selection.json")
 @click.option("--preset", "-p", type=PRESET, help="Macro-architecture preset [the dataset's: fmnist-small for fashion-mnist-mini, fmnist for fashion-mnist, ...].")
 @macro_options()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the cell stream, scoring batches and weights.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
-              help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint, and energy: --objectives).")
-@click.option("--objectives", help=OBJECTIVES_HELP)
 @click.option("--storage", help="Optuna RDB URL shared by workers (postgresql://...) [sqlite in --out].")
 @click.option("--study", "study_name", default="search", show_default=True, help="Study name inside the storage.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
@@ -55,11 +47,7 @@ RESULTS = ("search.json", "selection.json")
               "batch=16,repeats=1,top=0.02 (keys width, batch, repeats, timesteps, top) or 'fast'/'faster'.")
 @click.option("--device", default="auto", show_default=True,
               help="Where candidates are scored: auto (the GPU when there is one), cpu, cuda or cuda:N.")
-@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Train the best K briefly on a validation split (successive halving) and pick by validation accuracy.")
-@click.option("--refine-epochs", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--validation", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Training images held out for refinement's validation accuracy.")
+@selection_options
 @threads_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, preset, seed,

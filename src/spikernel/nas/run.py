@@ -108,7 +108,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
            repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
            storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
-           refine: int = 0, refine_epochs: int = 2, validation: int = 1000,
+           refine: int = 0, refine_epochs: int = 2, validation: int = 1000, limit_train: int | None = None,
            state_budget: StateBudget | str | None = None, state_bits: int | None = None,
            energy_budget: EnergyBudget | str | None = None, objectives: str | tuple | list | None = None,
            on_event: OnEvent | None = None) -> SearchResult:
@@ -121,7 +121,8 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     (default: score and footprint, and energy under an energy budget). With ``out`` the study and
     its outputs live in that folder and a second call resumes it. ``refine=K`` then trains the best
     K for ``refine_epochs`` on a ``validation`` split held out of the training images, with
-    successive halving (``nas.refine``), and picks by validation accuracy.
+    successive halving (``nas.refine``), and picks by validation accuracy (``limit_train``: on the first N
+    training images only).
     """
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
@@ -136,15 +137,9 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
-    if isinstance(state_budget, str):
-        state_budget = StateBudget.parse(state_budget, state_bits or bits)
-    if isinstance(energy_budget, str):
-        energy_budget = EnergyBudget.parse(energy_budget)
-    spec = SearchSpec(kernel_set, cell, candidates, macro, budget, seed, sampler, {}, state_budget, energy_budget,
-                      space.dimensions, as_objectives(objectives))  # settings checked before data is drawn
-    check_budget_reachable(budget, space)  # before any storage is touched or anything scored
-    check_state_budget_reachable(state_budget, space)
-    check_energy_budget_reachable(energy_budget, space)
+    spec = checked_spec(kernel_set, space, cell=cell, candidates=candidates, budget=budget, bits=bits, seed=seed,
+                        sampler=sampler, state_budget=state_budget, state_bits=state_bits,
+                        energy_budget=energy_budget, objectives=objectives)
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
@@ -192,19 +187,36 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     written = write_outputs(out, spec, found, about, top) if out is not None else outputs(spec, found, about, top)
     if refine:
         written["selection"] = _refined(found, written["selection"], spec, data, out, refine, refine_epochs,
-                                        validation, seed, on_event)
+                                        validation, seed, on_event, limit_train)
     return SearchResult(spec, found, written["selection"], written["search"], out)
 
 
+def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candidates: int, budget: Budget | None,
+                 bits: int, seed: int, sampler: str, state_budget=None, state_bits: int | None = None,
+                 energy_budget=None, objectives=None) -> SearchSpec:
+    """A search's settings, checked before data is drawn or any storage touched: the sampler and
+    objectives agree, and every budget is one some combination of ``space`` meets."""
+    if isinstance(state_budget, str):
+        state_budget = StateBudget.parse(state_budget, state_bits or bits)
+    if isinstance(energy_budget, str):
+        energy_budget = EnergyBudget.parse(energy_budget)
+    spec = SearchSpec(kernel_set, cell, candidates, space.base, budget, seed, sampler, {}, state_budget,
+                      energy_budget, space.dimensions, as_objectives(objectives))
+    check_budget_reachable(budget, space)
+    check_state_budget_reachable(state_budget, space)
+    check_energy_budget_reachable(energy_budget, space)
+    return spec
+
+
 def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k: int, epochs: int, validation: int,
-             seed: int, on_event) -> dict:
+             seed: int, on_event, limit_train: int | None = None) -> dict:
     """selection.json with the refinement's outcome; its ``best`` is the refined pick."""
     shortlist = top_k(found, k)
     if len(shortlist) < k:
         raise ConfigError(f"refine {k} is more than the {len(shortlist)} distinct candidates scored under the budget")
     started = time.perf_counter()
     rows = run_refine(shortlist, data, spec.macro, out / "refine", epochs=epochs, validation=validation, seed=seed,
-                      on_event=on_event)
+                      limit_train=limit_train, on_event=on_event)
     pick = next(c for c in shortlist if c.name == rows[0].name)
     chosen = {**chosen, "best_by_score": chosen["best"], "best": candidate_summary(pick, spec.bits),
               "refined": {"candidates": k, "epochs": epochs, "validation_images": validation, "selection": "refine",

@@ -23,10 +23,11 @@ from pathlib import Path
 from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError, FileFormatError, SpikernelError
 from spikernel.events import OnEvent, emit
-from spikernel.nas.engine import candidate_name, candidate_slug, check_budget_reachable
-from spikernel.nas.run import search
+from spikernel.nas.engine import candidate_name, candidate_slug
+from spikernel.nas.run import checked_spec, search
 from spikernel.nn.footprint import Budget
 from spikernel.nn.macro import NAMED, MacroConfig, MacroSpace, parse_value
+from spikernel.space.genotype import KernelSet
 from spikernel.training.loop import TrainConfig
 from spikernel.training.recipe import recipe
 from spikernel.training.run import train
@@ -105,7 +106,14 @@ def preflight(settings: ExploreSettings, data_dir: str | None):
 
         Fidelity.parse(settings.fidelity)
     data = load_dataset(settings.dataset, data_dir)
-    check_budget_reachable(settings.budget_limit, macro_of(settings, data))
+    space = macro_of(settings, data)
+    options = settings.search_options()
+    for kernel_set in settings.kernel_sets:
+        checked_spec(KernelSet.parse(kernel_set), space, budget=settings.budget_limit,
+                     **{k: options[k] for k in ("cell", "candidates", "bits", "seed", "sampler", "state_budget",
+                                                "state_bits", "energy_budget", "objectives")})
+    if settings.refine > settings.candidates:
+        raise ConfigError(f"refine {settings.refine} is more than the {settings.candidates} candidates searched")
     return data
 
 
@@ -119,11 +127,9 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     open_study(out, settings)
     for kernel_set in settings.kernel_sets:
         emit(on_event, "explore", message=f"search {kernel_set}")
-        found = search(kernel_set, macro, data, candidates=settings.candidates, budget=settings.budget,
-                       bits=settings.bits, cell=settings.cell, batch=settings.score_batch, repeats=settings.repeats,
-                       seed=settings.seed, top=max(settings.top_k, 10), out=out / kernel_set / "search",
-                       fidelity=settings.fidelity, device=device, on_event=on_event)
-        for row in found.selection["top"][: settings.top_k]:
+        found = search(kernel_set, macro, data, out=out / kernel_set / "search", device=device, on_event=on_event,
+                       **settings.search_options())
+        for row in picked_rows(found.selection, settings.top_k):
             choice = choice_of(row, macro.names)
             for offset in range(settings.seeds):
                 emit(on_event, "explore", message=f"train {kernel_set} {candidate_name(row['genotype'], choice)} "
@@ -132,6 +138,18 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
                       macro=trained_macro(row, macro), config=train_config(settings, offset), device=device,
                       on_event=on_event)
     return load_study(out)
+
+
+def picked_rows(selection: dict, k: int) -> list[dict]:
+    """The K cells of a search to train: its top list, the refined ones first in refinement's order."""
+    top = selection["top"]
+    refined = selection.get("refined")
+    if refined:
+        order = {outcome["name"]: i for i, outcome in enumerate(refined["outcomes"])}
+        dims = tuple(selection.get("macro_dimensions") or {})
+        rank = {id(row): order.get(candidate_name(row["genotype"], choice_of(row, dims)), len(order)) for row in top}
+        top = sorted(top, key=lambda row: rank[id(row)])  # stable: the rest keep their score order
+    return top[:k]
 
 
 # --------------------------------------------------------------------------- reading back
@@ -195,8 +213,7 @@ def load_study(out: Path) -> Study:
             result.candidates = read_candidates(search_dir / "candidates.csv", names)
             report = read_json(search_dir / "search.json")
             result.search_seconds = report.get("time", {}).get("scoring_seconds_total")
-            top = read_json(search_dir / "selection.json")["top"][: settings.top_k]
-            for row in top:
+            for row in picked_rows(read_json(search_dir / "selection.json"), settings.top_k):
                 choice = choice_of(row, names)
                 name = candidate_name(row["genotype"], choice)
                 for offset in range(settings.seeds):

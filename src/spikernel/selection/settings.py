@@ -33,6 +33,16 @@ class ExploreSettings:
     timesteps: int | None = None
     seed: int = 0
     ablation: tuple[int, ...] = ()
+    # How each set's search draws and picks, as in `spikernel search` (absent from explore.json at
+    # their defaults, so folders from before they existed still resume).
+    sampler: str = "random"
+    objectives: str | None = None  # "score,footprint[,energy]"
+    state_budget: str | None = None
+    state_bits: int | None = None
+    energy_budget: str | None = None
+    refine: int = 0  # train the best K of each search briefly on a validation split; pick by that
+    refine_epochs: int = 2
+    validation: int = 1000
     # Macro settings by name: one value overrides the preset, several are searched beside the cell
     # ({"width": (8, 16)}, {"encoding": ("direct", "poisson")}); the search's macro dimensions.
     macro_values: tuple[tuple[str, tuple], ...] | Mapping = ()
@@ -70,11 +80,24 @@ class ExploreSettings:
     def to_dict(self) -> dict:
         data = {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
         data.pop("macro_values")
+        for name, default in SEARCH_DEFAULTS.items():
+            if data[name] == default:
+                data.pop(name)
         if self.macro_values:  # absent when unused: explore.json files from before it existed still match
             data["macro_values"] = {name: list(values) for name, values in self.macro_values}
         return data
 
 
+    def search_options(self) -> dict:
+        """The keyword arguments of ``nas.run.search`` that these settings choose beside the set."""
+        return dict(candidates=self.candidates, budget=self.budget, bits=self.bits, cell=self.cell,
+                    batch=self.score_batch, repeats=self.repeats, seed=self.seed, top=max(self.top_k, 10),
+                    fidelity=self.fidelity, limit_train=self.limit_train if self.refine else None, **{name: getattr(self, name) for name in SEARCH_DEFAULTS})
+
+
+SEARCH_DEFAULTS = {name: ExploreSettings.__dataclass_fields__[name].default
+                   for name in ("sampler", "objectives", "state_budget", "state_bits", "energy_budget", "refine",
+                                "refine_epochs", "validation")}
 
 # Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (9 min 03 s measured, idle).
 RUN_DEFAULTS = ExploreSettings(
