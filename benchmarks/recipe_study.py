@@ -39,6 +39,9 @@ ARMS = {
     "fast-batch128": ({**FAST, "batch_size": 128, "lr": 7e-3}, {}),
     "fast-T2": (FAST, {"timesteps": 2}),
     "fast-no-augment": ({**FAST, "augment": False}, {}),
+    # Equal training time: half the timesteps, twice the epochs (a step costs about T).
+    "fast-T2-2x-epochs": ({**FAST, "epochs_factor": 2}, {"timesteps": 2}),
+    "fast-T2-2x-epochs-no-augment": ({**FAST, "epochs_factor": 2, "augment": False}, {"timesteps": 2}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 
@@ -54,7 +57,7 @@ def done_keys(path: Path) -> set[tuple[str, str, int]]:
         return {(r["arm"], r["genotype"], int(r["seed"])) for r in csv.DictReader(f)}
 
 
-def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int) -> dict:
+def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int, timesteps: int | None = None) -> dict:
     from spikernel.data.datasets import load_dataset
     from spikernel.nn.model import get_preset
     from spikernel.training.recipe import recipe
@@ -62,23 +65,28 @@ def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int) -> d
 
     settings, macro_overrides = ARMS[arm]
     settings = dict(settings)
+    epochs *= settings.pop("epochs_factor", 1)
     config = recipe(settings.pop("recipe"), epochs=epochs, seed=seed, **settings)
+    macro = get_preset(preset, **{"timesteps": timesteps, **macro_overrides})
     started = time.perf_counter()
-    result = train(genotype, load_dataset("fashion-mnist-mini"), macro=get_preset(preset, **macro_overrides),
-                   config=config, device="cpu")
+    result = train(genotype, load_dataset("fashion-mnist-mini"), macro=macro, config=config, device="cpu")
     history = result.result["history"]
-    return {"arm": arm, "genotype": genotype, "seed": seed, "preset": preset, "epochs": epochs,
+    return {"arm": arm, "genotype": genotype, "seed": seed, "preset": preset, "timesteps": macro.timesteps,
+            "epochs": epochs,
             "test_acc": round(result.test_acc, 5), "first_epoch_acc": round(history[0]["test_acc"], 5),
             "params": result.result["params"], "seconds": round(time.perf_counter() - started, 1),
             "settings": json.dumps({**ARMS[arm][0], **ARMS[arm][1]})}
 
 
-def summary(path: Path) -> str:
+def summary(path: Path, baseline: str = BASELINE) -> str:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     acc = {(r["arm"], r["genotype"], int(r["seed"])): 100 * float(r["test_acc"]) for r in rows}
-    lines = ["| arm | n | mean test acc (%) | sd over seeds, same cell (points) | diff to snasnet [95% CI] |",
-             "|---|---|---|---|---|"]
+    seconds = {r["arm"]: [] for r in rows}
+    for r in rows:
+        seconds[r["arm"]].append(float(r["seconds"]))
+    lines = [f"| arm | n | mean test acc (%) | sd over seeds, same cell (points) | diff to {baseline} [95% CI] "
+             "| mean s per training |", "|---|---|---|---|---|---|"]
     for arm in ARMS:
         mine = {k[1:]: v for k, v in acc.items() if k[0] == arm}
         if not mine:
@@ -87,14 +95,14 @@ def summary(path: Path) -> str:
         for (cell, _), v in mine.items():
             by_cell.setdefault(cell, []).append(v)
         sds = [statistics.stdev(v) for v in by_cell.values() if len(v) > 1]
-        paired = [v - acc[(BASELINE, *k)] for k, v in mine.items() if (BASELINE, *k) in acc]
+        paired = [v - acc[(baseline, *k)] for k, v in mine.items() if (baseline, *k) in acc]
         ci = "—"
-        if len(paired) > 1 and arm != BASELINE:
+        if len(paired) > 1 and arm != baseline:
             draws = np.random.default_rng(0).choice(paired, (10000, len(paired))).mean(1)
             ci = f"{np.mean(paired):+.2f} [{np.percentile(draws, 2.5):+.2f}, {np.percentile(draws, 97.5):+.2f}]"
-        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | "
-                     f"{statistics.fmean(sds):.2f} | {ci} |" if sds else
-                     f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | — | {ci} |")
+        sd = f"{statistics.fmean(sds):.2f}" if sds else "—"
+        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | {sd} | {ci} | "
+                     f"{statistics.fmean(seconds[arm]):.0f} |")
     return "\n".join(lines)
 
 
@@ -105,20 +113,23 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="fmnist-small")
+    parser.add_argument("--timesteps", type=int, help="T of every arm that does not set its own [the preset's]")
+    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated genotypes")
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--baseline", default=BASELINE, help="the arm --summary's differences are paired to")
     args = parser.parse_args(argv)
     if args.summary:
-        print(summary(args.out))
+        print(summary(args.out, args.baseline))
         return
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(args.out)
-    for i, (arm, cell, seed) in enumerate(plan(args.arms.split(","), CELLS, args.seeds)):
+    for i, (arm, cell, seed) in enumerate(plan(args.arms.split(","), args.cells.split(","), args.seeds)):
         if i % args.workers == args.worker and (arm, cell, seed) not in done:
-            row = train_one(arm, cell, seed, args.preset, args.epochs)
+            row = train_one(arm, cell, seed, args.preset, args.epochs, args.timesteps)
             append_row(args.out, row)
             print(json.dumps({k: row[k] for k in ("arm", "genotype", "seed", "test_acc", "seconds")}), flush=True)
 

@@ -405,3 +405,8 @@ def test_exploration_trains_each_pick_at_its_own_settings(tmp_path):
         run_dir = tmp_path / "e" / "1x1_3x3" / "train" / f"{row['genotype'].replace(' ', '-')}-width{row['width']}"
         assert json.loads((run_dir / "result.json").read_text())["macro"] == row["macro"]
     assert json.loads((tmp_path / "e" / "explore.json").read_text())["macro_values"] == {"width": [4, 8]}
+    from spikernel.selection.report import write_report
+
+    written = write_report(study, tmp_path / "report")
+    assert str(tmp_path / "report" / "accuracy_by_macro.png") in written["figures"]
+    assert "accuracy_by_macro.png" in (tmp_path / "report" / "report.md").read_text()

@@ -360,26 +360,37 @@ def search_front_figure(study: Study, out: Path) -> list[Path]:
 def macro_dimensions_figure(study: Study, out: Path) -> list[Path]:
     """Score against memory per searched macro setting: one panel per setting, every scored
     candidate coloured by its value of it (markers tell kernel sets apart)."""
+    return _by_macro_figure(study, out, lambda r: r.scored, "score", "training-free score", "search_score_by_macro",
+                            "Search: score vs memory per macro setting")
+
+
+def macro_accuracy_figure(study: Study, out: Path) -> list[Path]:
+    """The same panels for the trained networks: test accuracy against memory per macro setting."""
+    return _by_macro_figure(study, out, lambda r: [{**t, **t.get("choice", {})} for t in r.trained], "test_acc",
+                            "test accuracy", "accuracy_by_macro", "Trained: accuracy vs memory per macro setting")
+
+
+def _by_macro_figure(study: Study, out: Path, rows_of, y: str, ylabel: str, name: str, title: str) -> list[Path]:
     dims = list(dict.fromkeys(d for r in study.results for d in r.dimensions))
     cost, markers = study.cost_key, "osD^v<>ph*"
     fig = Figure(figsize=(4.4 * len(dims), 4.0))
     panels = _panels(fig, len(dims))
     for ax, dim in zip(panels, dims):
-        values = sorted({c[dim] for r in study.results for c in r.scored if c.get(dim) is not None})
+        values = sorted({c[dim] for r in study.results for c in rows_of(r) if c.get(dim) is not None})
         shade = {v: matplotlib.colormaps["viridis"](i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
         for k, r in enumerate(study.results):
             for v in values:
-                rows = [c for c in r.scored if c.get(dim) == v]
+                rows = [c for c in rows_of(r) if c.get(dim) == v]
                 if rows:
-                    ax.scatter([c[cost] for c in rows], [c["score"] for c in rows], s=12, alpha=0.7, color=shade[v],
+                    ax.scatter([c[cost] for c in rows], [c[y] for c in rows], s=12, alpha=0.7, color=shade[v],
                                marker=markers[k % len(markers)], label=f"{v}" + (f" ({r.kernel_set})" if k else ""))
         ax.set_title(dim)
         ax.set_xlabel(study.cost_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title=dim, title_fontsize=7)
-    panels[0].set_ylabel("training-free score")
-    fig.suptitle("Search: score vs memory per macro setting" + (" (markers: kernel sets)" if len(study.results) > 1 else ""))
-    return _save(fig, out, "search_score_by_macro")
+    panels[0].set_ylabel(ylabel)
+    fig.suptitle(title + (" (markers: kernel sets)" if len(study.results) > 1 else ""))
+    return _save(fig, out, name)
 
 
 def ablation_figure(rows: list[dict], out: Path) -> list[Path]:
@@ -408,6 +419,8 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         figures += search_front_figure(study, out)
     if dimensions:
         figures += macro_dimensions_figure(study, out)
+        if any(r.trained for r in study.results):
+            figures += macro_accuracy_figure(study, out)
     if study.settings.get("kind") == "search":
         return _search_report(study, out, figures)
     sizes = ablation_sizes or study.settings.get("ablation") or []
@@ -436,6 +449,9 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         "Each row searches only the first n candidates of the same seeded stream.\n\n", markdown(ablation),
         "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if searched else "",
         *_search_sections(searched, dimensions),
+        "One panel per searched macro setting for the trained networks too.\n\n"
+        "![accuracy by macro setting](accuracy_by_macro.png)\n" if dimensions and any(r.trained for r in study.results)
+        else "",
     ]
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
