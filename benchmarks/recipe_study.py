@@ -27,7 +27,7 @@ from common import append_row
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
-FAST = dict(recipe="fast")
+FAST = dict(recipe="fast", augment=True)  # the arms as first measured: crop + flip unless an arm says not
 # name -> (recipe overrides, macro overrides)
 ARMS = {
     "snasnet": ({"recipe": "snasnet"}, {}),

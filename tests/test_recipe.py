@@ -53,6 +53,25 @@ def test_recipes():
         recipe("turbo")
 
 
+def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatch):
+    from spikernel.training import loop
+
+    assert not recipe("fast", epochs=2).augments and recipe("fast", epochs=5).augments
+    assert recipe("snasnet", epochs=2).augments and recipe("fast", epochs=2, augment=True).augments
+    assert not recipe("fast", epochs=8, augment=False).augments
+    calls = []
+    monkeypatch.setattr(type(data), "augment", lambda self, images, generator: calls.append(1) or images)
+    from spikernel.nn.model import build_model
+
+    model = build_model(CELL, tiny().for_data(data))
+    for config, expected in ((recipe("fast", epochs=2, limit_train=64, batch_size=32), 0),
+                             (recipe("fast", epochs=2, limit_train=64, batch_size=32, augment=True), 2)):
+        calls.clear()
+        optimizer, scheduler = loop.make_optimizer(model, config, 2)
+        loop.train_epoch(model, data, optimizer, scheduler, config, 1)
+        assert len(calls) == expected  # one crop + flip per batch, or none
+
+
 def budget_run(data, out, monkeypatch, stop_after=None):
     """Train under a 100 s budget with epochs measured as 40 s each (so 2 epochs); optionally stop."""
     calls = []

@@ -61,7 +61,8 @@ RESULTS = ("result.json",)
 @click.option("--lr", type=float, help="Peak learning rate [the recipe's: 5e-3 fast, 0.1 snasnet].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, shuffling, augmentation, dropout.")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only (smoke runs).")
-@click.option("--no-augment", is_flag=True, help="Skip random crop and flip.")
+@click.option("--augment/--no-augment", default=None,
+              help="Random crop and flip [the recipe's: fast from 5 epochs on, snasnet always].")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [on for CUDA GPUs].")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="torch.compile the training step (slow first batch, faster after).")
@@ -70,7 +71,7 @@ RESULTS = ("result.json",)
 @click.option("--resume", is_flag=True, help="Require a run to continue in --out (re-running the command resumes anyway).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
-          preset, width, encoding, lr, seed, limit_train, no_augment, amp, compile_, device, threads, resume, out):
+          preset, width, encoding, lr, seed, limit_train, augment, amp, compile_, device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
     also = [from_search / "selection.json"] if from_search is not None else []
     asked = request_of("train", click.get_current_context().params, data_dir, dataset or (None if from_search else
@@ -95,7 +96,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
     macro = resolve_macro(data, searched_macro, preset, width, timesteps, encoding)
     apply_threads(threads)
     config = recipe(recipe_name, epochs=epochs or DEFAULT_EPOCHS.get(data.name, 300), batch_size=batch_size, lr=lr,
-                    seed=seed, limit_train=limit_train, augment=not no_augment, amp=amp, compile=compile_,
+                    seed=seed, limit_train=limit_train, augment=augment, amp=amp, compile=compile_,
                     time_budget=time_budget)
     with rendered_events() as on_event:
         trained = run_train(genotype, data, out=out, macro=macro, config=config, device=device, resume=resume,

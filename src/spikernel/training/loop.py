@@ -32,6 +32,9 @@ from spikernel.heap import kept_freed_memory
 
 
 OPTIMIZERS = ("sgd", "adamw")
+# Two epochs on fashion-mnist-mini test 4-5 points better without crop and flip (benchmarks/recipe_study.py,
+# docs/RESULTS.md): a short training has not fitted the images it has, so it gains nothing from variants of them.
+AUGMENT_FROM_EPOCHS = 5
 SCHEDULES = ("cosine", "onecycle")
 
 
@@ -48,7 +51,7 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
     label_smoothing: float = 0.0
     time_budget: float | None = None  # seconds: train as many epochs as fit (decided once, stored in the run)
-    augment: bool = True
+    augment: bool | None = True  # random crop + flip; None: only in trainings of AUGMENT_FROM_EPOCHS or more
     seed: int = 0
     limit_train: int | None = None  # use the first N training images (smoke runs)
     amp: bool | None = None  # bf16 autocast; None = on for CUDA GPUs with bf16
@@ -74,6 +77,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def augments(self) -> bool:
+        """Whether batches are cropped and flipped: as set, or (``None``) when the training is long enough."""
+        return self.augment if self.augment is not None else self.epochs >= AUGMENT_FROM_EPOCHS
 
     def identity(self) -> dict:
         """The settings that change the numbers a run produces (a resume must keep them). How the
@@ -208,7 +216,7 @@ def train_epoch(model, dataset: Dataset, optimizer, scheduler, config: TrainConf
     model.train()
     split = dataset.train
     generator = generator or torch.Generator().manual_seed(derived_seed(config.seed, epoch, 0))
-    augment_generator = (augment_generator or generator) if config.augment else None
+    augment_generator = (augment_generator or generator) if config.augments else None
     use_amp, channels_last = amp_enabled(config, device), channels_last_enabled(config, device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
     for batch_index, index in enumerate(batch_indices(train_count(dataset, config), config.batch_size, generator, world)):

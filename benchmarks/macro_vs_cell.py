@@ -1,0 +1,126 @@
+"""Does searching the macro-architecture beside the cell buy accuracy under the main job's budget?
+
+Two arms, the same search otherwise (kernel set, candidates, scoring batches, budget, SAHD):
+``cell``, the cell alone at the ``fmnist-small`` preset (what the main job searches), and
+``macro+cell``, the cell with width, head hidden width and the pooling before the head searched
+beside it. Each arm's pick is trained under several seeds with the same time budget per training
+(equal training time per arm), on the embedded Fashion-MNIST subset, and tested on its test split.
+
+Resumable and parallel: worker k of n takes every n-th (arm, seed); with two workers each arm
+is one worker's, so each searches its own arm. Each finished training is one line appended to the
+CSV; ``--summary`` gives per arm mean and sd over seeds (the noise floor: the same network, another
+seed) and the difference with a 95% bootstrap interval and Welch's p-value.
+
+    python benchmarks/macro_vs_cell.py --worker 0 --workers 2 &
+    python benchmarks/macro_vs_cell.py --worker 1 --workers 2 &
+    python benchmarks/macro_vs_cell.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import ttest_ind
+
+from common import append_row
+
+RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
+SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
+ARMS = {"cell": {}, "macro+cell": {"width": (8, 16, 24, 32), "hidden": (32, 64, 128), "second_pool": (2, 4, 7)}}
+
+
+def plan(seeds: int) -> list[tuple[str, int]]:
+    return [(arm, seed) for seed in range(seeds) for arm in ARMS]
+
+
+def pick(arm: str, data, work: Path):
+    """The arm's search (resumed from ``work`` if it ran before) and its pick: (genotype, macro)."""
+    from spikernel.nas.run import search
+    from spikernel.nn.macro import MacroSpace, get_preset
+
+    space = MacroSpace.of(get_preset("fmnist-small", timesteps=4), ARMS[arm])
+    found = search(SEARCH["kernels"], space, data, out=work / arm.replace("+", "-"), device="cpu",
+                   **{k: v for k, v in SEARCH.items() if k != "kernels"})
+    return found.best.genotype, found.best.macro
+
+
+def train_one(arm: str, seed: int, data, work: Path, budget: float) -> dict:
+    from spikernel.training.recipe import recipe
+    from spikernel.training.run import train
+
+    genotype, macro = pick(arm, data, work)
+    started = time.perf_counter()
+    result = train(genotype, data, macro=macro, config=recipe("fast", time_budget=budget, seed=seed), device="cpu")
+    history = result.result["history"]
+    return {"arm": arm, "genotype": str(genotype), "width": macro.width, "hidden": macro.hidden,
+            "second_pool": macro.second_pool, "timesteps": macro.timesteps, "params": result.result["params"],
+            "seed": seed, "time_budget_s": budget, "epochs": len(history), "test_acc": round(result.test_acc, 5),
+            "seconds": round(time.perf_counter() - started, 1), "search": json.dumps(SEARCH)}
+
+
+def summary(path: Path) -> str:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    acc = {arm: [100 * float(r["test_acc"]) for r in rows if r["arm"] == arm] for arm in ARMS}
+    lines = ["| arm | pick | params | epochs in the budget | n (seeds) | mean test acc (%) | sd over seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        if not mine:
+            continue
+        r = mine[0]
+        at = f" at width {r['width']}, hidden {r['hidden']}, pool {r['second_pool']}"
+        sd = f"{statistics.stdev(acc[arm]):.2f}" if len(acc[arm]) > 1 else "—"
+        lines.append(f"| {arm} | `{r['genotype']}`{at} | {int(r['params']):,} | "
+                     f"{', '.join(sorted({m['epochs'] for m in mine}))} | {len(mine)} | "
+                     f"{statistics.fmean(acc[arm]):.2f} | {sd} |")
+    a, b = acc["macro+cell"], acc["cell"]
+    if len(a) > 1 and len(b) > 1:
+        rng = np.random.default_rng(0)
+        draws = rng.choice(a, (10000, len(a))).mean(1) - rng.choice(b, (10000, len(b))).mean(1)
+        p = ttest_ind(a, b, equal_var=False).pvalue
+        lines.append(f"\nmacro+cell - cell: {np.mean(a) - np.mean(b):+.2f} points, 95% bootstrap interval "
+                     f"[{np.percentile(draws, 2.5):+.2f}, {np.percentile(draws, 97.5):+.2f}], Welch p = {p:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=Path("runs") / "macro_vs_cell", help="the searches' folders")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--time-budget", type=float, default=300.0, help="seconds of training per network")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.out))
+        return
+    from spikernel.data.datasets import load_dataset
+
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if args.out.exists():
+        with open(args.out, newline="") as f:
+            done = {(r["arm"], int(r["seed"])) for r in csv.DictReader(f)}
+    data = load_dataset("fashion-mnist-mini")
+    for i, (arm, seed) in enumerate(plan(args.seeds)):
+        if i % args.workers == args.worker and (arm, seed) not in done:
+            row = train_one(arm, seed, data, args.work, args.time_budget)
+            append_row(args.out, row)
+            print(json.dumps({k: row[k] for k in ("arm", "genotype", "params", "seed", "epochs", "test_acc")}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
