@@ -120,6 +120,10 @@ def test_cli_names_match_the_library():
     from spikernel.training.recipe import RECIPES
 
     assert TARGETS == tuple(NIR_TARGETS) and set(RECIPE_NAMES) == set(RECIPES)
+    from spikernel.proxy import PROXY_NAMES
+    from spikernel.proxy.zero_cost import PROXIES
+
+    assert PROXY_NAMES == tuple(PROXIES)
 
 
 def test_the_command_line_starts_without_pytorch():

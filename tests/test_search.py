@@ -342,3 +342,21 @@ def test_an_energy_budget_filters_on_the_estimate_at_initialisation(tmp_path):
     assert EnergyBudget.parse("2MSOP").limit == 2e6 and EnergyBudget.parse("800nJ").limit == 800e3
     code, _, err = cli(*TINY, "-n", "2", "--energy-budget", "lots", "--out", str(tmp_path / "bad"))
     assert code == 2 and "malformed energy budget" in err and not (tmp_path / "bad").exists()
+
+
+def test_a_search_ranks_by_the_proxy_asked_for_with_the_scores_sk_score_gives(tmp_path):
+    import spikernel as sk
+
+    data = load_dataset("fashion-mnist-mini")
+    macro = get_preset("fmnist-tiny", timesteps=2)
+    found = sk.search("1x1_3x3", macro, data, candidates=4, batch=8, repeats=1, proxy="grad_norm", out=tmp_path / "g")
+    scored = [c for c in found.candidates if c.score is not None]
+    direct = {str(s.genotype): s.score for s in sk.score([c.genotype for c in scored], macro, data, proxy="grad_norm",
+                                                         batch=8, repeats=1)}
+    assert {str(c.genotype): c.score for c in scored} == pytest.approx(direct)
+    chosen = json.loads((tmp_path / "g" / "selection.json").read_text())
+    assert chosen["selected_by"] == "grad_norm" and chosen["best"]["score"] == max(direct.values())
+    code, _, err = cli("-k", "1x1_3x3", "-n", "4", "-T", "2", *TINY, "-o", tmp_path / "g")
+    assert code == 2 and "scoring.proxy=grad_norm" in err  # a SAHD search is another study
+    code, _, err = cli("-k", "1x1_3x3", "-n", "4", *TINY, "--proxy", "banana", "-o", tmp_path / "b")
+    assert code == 2 and err.count("\n") == 1 and "banana" in err and not (tmp_path / "b").exists()

@@ -27,12 +27,12 @@ from spikernel.nn.footprint import Footprint
 from spikernel.nn.footprint import footprint as _footprint
 from spikernel.nn.macro import MacroSpace
 from spikernel.nn.model import SNN, MacroConfig, get_preset
+from spikernel.proxy import DEFAULT_PROXY
 from spikernel.space.genotype import Genotype, KernelSet, sample_many
 from spikernel.training.loop import TrainConfig
 from spikernel.training.run import TrainResult
 from spikernel.training.run import train as _train
 
-DEFAULT_PROXY = "sahd"  # SNASNet's score; docs/EVIDENCE.md has what the ground truth says of each proxy
 
 __all__ = ["proxies", "load_dataset", "preset", "MacroConfig", "MacroSpace", "Genotype", "kernel_set", "sample", "footprint", "score",
            "search", "build", "train", "evaluate", "explore", "select", "quantize", "energy", "export", "load",

@@ -11,6 +11,7 @@ from rich.table import Table
 from spikernel.data import DEFAULT_DATASET
 from spikernel.errors import ConfigError, GenotypeError
 from spikernel.nn.macro import default_preset
+from spikernel.proxy import DEFAULT_PROXY
 from spikernel.space.genotype import Genotype
 from .group import main
 from .options import BITS, CELL, ENCODING, ENCODING_HELP, GENOTYPE, PRESET, apply_threads, threads_option
@@ -47,7 +48,7 @@ def read_genotypes(path: Path) -> list[Genotype]:
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
 @click.option("--encoding", type=ENCODING, help=ENCODING_HELP)
 @click.option("--cell", type=CELL, help="Refuse cells that are not of this type.")
-@click.option("--proxy", default="sahd", show_default=True, help="The proxy reported as `score` (see --all).")
+@click.option("--proxy", default=DEFAULT_PROXY, show_default=True, help="The proxy reported as `score` (see --all).")
 @click.option("--all", "all_proxies", is_flag=True, help="Compute every known proxy.")
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch, as in search.")

@@ -52,7 +52,7 @@ RESULTS = ("search.json", "selection.json")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, preset, seed,
            sampler, objectives, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
-           refine_epochs, validation, state_budget, state_bits, energy_budget, threads, **macro):
+           refine_epochs, validation, state_budget, state_bits, energy_budget, proxy, threads, **macro):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable.
 
     A macro setting given as a list (--width 8,16,32) is searched alongside the cell."""
@@ -77,7 +77,7 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
                             validation=validation, state_budget=state_budget,
                             state_bits=int(state_bits) if state_bits else None, energy_budget=energy_budget,
-                            objectives=objectives, on_event=on_event)
+                            objectives=objectives, proxy=proxy, on_event=on_event)
     remember_request(out, asked, RESULTS)
     stdout().print(summary_table({"search": result.report, "selection": result.selection}, out))
 

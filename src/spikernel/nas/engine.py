@@ -56,7 +56,9 @@ from spikernel.errors import ConfigError, SpikernelError
 from spikernel.nn.energy import E_MAC_PJ, EnergyBudget, OpsReport
 from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint, stem_macs
 from spikernel.nn.macro import MacroConfig, MacroSpace, choice_label
+from spikernel.proxy import DEFAULT_PROXY
 from spikernel.proxy.sahd import score_genotype, scoring_batches
+from spikernel.proxy.zero_cost import compute_proxy
 from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
 from spikernel.files import _atomic, write_json
 
@@ -482,13 +484,17 @@ def scoring_data(dataset, batch: int, repeats: int, seed: int) -> tuple[list[tor
 
 
 def make_scorer(macro: MacroConfig, batches: Sequence[torch.Tensor], seed: int,
-                adapt: Callable[[MacroConfig], MacroConfig] | None = None) -> Scorer:
-    """The one place a candidate is scored: SAHD on a freshly, reproducibly initialised network, at
-    ``macro`` or the settings given per call; ``adapt`` maps those settings first (a cheaper fidelity)."""
+                adapt: Callable[[MacroConfig], MacroConfig] | None = None, proxy: str = DEFAULT_PROXY,
+                labels: Sequence[torch.Tensor] | None = None) -> Scorer:
+    """The one place a candidate is scored: ``proxy`` (SAHD by default) on a freshly, reproducibly
+    initialised network, at ``macro`` or the settings given per call; ``adapt`` maps those settings
+    first (a cheaper fidelity). Gradient proxies need the batches' ``labels``."""
 
     def score(genotype: Genotype, at: MacroConfig | None = None) -> float:
-        settings = at or macro
-        return score_genotype(genotype, adapt(settings) if adapt else settings, batches, seed=seed)
+        settings = adapt(at or macro) if adapt else at or macro
+        if proxy == "sahd":
+            return score_genotype(genotype, settings, batches, seed=seed)
+        return compute_proxy(proxy, genotype, settings, batches, labels, seed)
 
     return score
 
@@ -975,6 +981,7 @@ def selection(candidates: Sequence[Candidate], spec: SearchSpec, top: int = 10) 
         **({"state_budget": str(spec.state_budget)} if spec.state_budget else {}),
         **({"energy_budget": str(spec.energy_budget)} if spec.energy_budget else {}),
         **({"macro_dimensions": spec.space.identity()["dimensions"]} if spec.dimensions else {}),
+        "selected_by": spec.scoring.get("proxy", "sahd"),  # the proxy that ranked them ("score")
         "best": summary(best(candidates)) if scored else None,
         "top": [summary(c) for c in top_k(candidates, top)],
         "pareto_front": [summary(c) for c in pareto_front(candidates)],

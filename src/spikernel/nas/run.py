@@ -30,6 +30,8 @@ from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.nn.macro import MacroSpace
+from spikernel.proxy import DEFAULT_PROXY
+from spikernel.proxy.zero_cost import check_names, labelled_batches
 from spikernel.space.genotype import KernelSet
 from spikernel.training.distributed import device_label, resolve_device
 
@@ -111,7 +113,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
            refine: int = 0, refine_epochs: int = 2, validation: int = 1000, limit_train: int | None = None,
            state_budget: StateBudget | str | None = None, state_bits: int | None = None,
            energy_budget: EnergyBudget | str | None = None, objectives: str | tuple | list | None = None,
-           on_event: OnEvent | None = None) -> SearchResult:
+           proxy: str = DEFAULT_PROXY, on_event: OnEvent | None = None) -> SearchResult:
     """Score ``candidates`` sampled cells of a kernel set without training, under a memory budget.
 
     ``macro`` is a preset name, a ``MacroConfig`` or a ``MacroSpace`` (macro settings searched
@@ -124,6 +126,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     successive halving (``nas.refine``), and picks by validation accuracy (``limit_train``: on the first N
     training images only).
     """
+    check_names([proxy])
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
     if refine > candidates:
@@ -143,6 +146,9 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
+    labels = [y.to(device) for y in labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)[1]]
+    if proxy != "sahd":  # another proxy's scores are another study's; studies from before the key ranked by SAHD
+        scoring = {**scoring, "proxy": proxy}
     if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
         scoring = {**scoring, "fidelity": fidelity.cheap}
     if device.type != "cpu":  # a GPU draws other weights than the CPU: its scores belong to their own study
@@ -157,8 +163,9 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     store = open_storage(storage, heartbeat)
     optuna_study = open_study(spec, store, study)
 
-    score = (make_scorer(macro, fidelity.batches(batches), seed, adapt=fidelity.macro) if fidelity
-             else make_scorer(macro, batches, seed))
+    score = (make_scorer(macro, fidelity.batches(batches), seed, adapt=fidelity.macro, proxy=proxy,
+                         labels=fidelity.batches(labels)) if fidelity
+             else make_scorer(macro, batches, seed, proxy=proxy, labels=labels))
     estimate = energy_estimator(macro, batches[0], seed) if spec.needs_energy else None
     engine = Search(optuna_study, store, spec, score, estimate=estimate)
     first = engine.view()  # one read of the study for both: how far it is, and its best score so far
@@ -169,7 +176,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     emit(on_event, "search", done=len(found), total=candidates)
     second = None
     if fidelity:
-        found, second = two_stage(found, fidelity, make_scorer(macro, batches, seed),
+        found, second = two_stage(found, fidelity, make_scorer(macro, batches, seed, proxy=proxy, labels=labels),
                                   on_done=lambda _: emit(on_event, "full re-score", info=str(fidelity)))
 
     wall = time.perf_counter() - started

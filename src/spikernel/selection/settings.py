@@ -9,6 +9,7 @@ from typing import Mapping
 from spikernel.errors import ConfigError
 from spikernel.nn.footprint import Budget
 from spikernel.nn.macro import MacroSpace, get_preset, sort_values
+from spikernel.proxy import DEFAULT_PROXY
 from spikernel.space.genotype import KernelSet
 
 
@@ -43,6 +44,7 @@ class ExploreSettings:
     refine: int = 0  # train the best K of each search briefly on a validation split; pick by that
     refine_epochs: int = 2
     validation: int = 1000
+    proxy: str = DEFAULT_PROXY  # what each search ranks by
     # Macro settings by name: one value overrides the preset, several are searched beside the cell
     # ({"width": (8, 16)}, {"encoding": ("direct", "poisson")}); the search's macro dimensions.
     macro_values: tuple[tuple[str, tuple], ...] | Mapping = ()
@@ -97,7 +99,7 @@ class ExploreSettings:
 
 SEARCH_DEFAULTS = {name: ExploreSettings.__dataclass_fields__[name].default
                    for name in ("sampler", "objectives", "state_budget", "state_bits", "energy_budget", "refine",
-                                "refine_epochs", "validation")}
+                                "refine_epochs", "validation", "proxy")}
 
 # Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini (9 min 03 s measured, idle).
 RUN_DEFAULTS = ExploreSettings(
