@@ -8,7 +8,8 @@ split), test accuracy, epochs, seconds, seed.
 
 Resumable and parallel: worker k of n takes every n-th training; each finished training is one
 line appended (and fsynced) to that worker's part file, so a killed worker loses at most the
-training it was running. ``--merge`` joins the parts into the final CSV.
+training it was running. ``--merge`` joins the parts into the final CSV. ``--recompute NAMES``
+recomputes proxy columns in the part files (when no worker runs), for a proxy whose definition changed.
 
     python benchmarks/ground_truth.py --worker 0 --workers 2 &
     python benchmarks/ground_truth.py --worker 1 --workers 2 &
@@ -130,6 +131,32 @@ def run_worker(args) -> None:
               flush=True)
 
 
+def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
+    """Recompute proxy columns of every part file (a proxy whose definition changed, or a new one)
+    on the same batches and seeds, without training again."""
+    full = load_dataset("fashion-mnist-mini", data_dir)
+    data, _ = full.holdout(VALIDATION, seed=0)
+    macro = macro_config().for_data(data)
+    batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
+    batches = [data.normalize(b) for b in batches]
+    cache: dict[str, dict] = {}
+    for part in sorted(out.parent.glob(f"{out.stem}.part*.csv")):
+        with open(part, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if row["genotype"] not in cache:
+                cache[row["genotype"]] = proxy_rows([row["genotype"]], macro, batches, labels, names, seed=0)[0]
+            row.update({f"proxy_{n}": cache[row["genotype"]][f"proxy_{n}"] for n in names})
+        columns = list(dict.fromkeys([*rows[0], *(f"proxy_{n}" for n in names)]))
+        temporary = part.with_suffix(".tmp")
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(part)
+    print(f"recomputed {', '.join(names)} for {len(cache)} cells")
+
+
 def merge(out: Path) -> None:
     rows = []
     for part in sorted(out.parent.glob(f"{out.stem}.part*.csv")):
@@ -155,9 +182,16 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir")
     parser.add_argument("--merge", action="store_true")
+    parser.add_argument("--recompute", help="comma-separated proxies to recompute in every part file")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    merge(args.out) if args.merge else run_worker(args)
+    if args.recompute:
+        torch.set_num_threads(args.threads)
+        recompute(args.out, args.recompute.split(","), args.data_dir)
+    elif args.merge:
+        merge(args.out)
+    else:
+        run_worker(args)
 
 
 if __name__ == "__main__":

@@ -66,16 +66,24 @@ def test_labelled_batches_are_the_scoring_batches():
         assert torch.equal(mine, theirs) and torch.equal(mine.flatten().long(), lab)
 
 
-@pytest.mark.parametrize("name", ["sahd", "naswot", "synflow", "snip", "jacob_cov", "zico"])
+@pytest.mark.parametrize("name", ["sahd", "naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico"])
 def test_a_network_that_ignores_its_input_scores_lower(name, data, values):
     dead = PROXIES[name](dead_stem_model(BACKWARD), *data)
     assert dead < values[BACKWARD][name]
 
 
-def test_grad_norm_rewards_a_dead_stem(data, values):
-    """A known weakness, kept as published: BatchNorm of a constant input divides its gradient by
-    sqrt(eps), so a network whose signals are all constant has huge (here overflowing) gradients."""
-    assert zero_cost.grad_norm_proxy(dead_stem_model(BACKWARD), *data) > values[BACKWARD]["grad_norm"]
+def test_grad_norm_guards_against_a_dead_stem(data, values):
+    """As published grad_norm rewards it: BatchNorm of a constant input divides its gradient by
+    sqrt(eps), so a network whose signals are all constant has huge gradients. The guard sees that
+    every image got the same logits and scores it -inf."""
+    model = zero_cost.prepare_for_gradients(dead_stem_model(BACKWARD))
+    images, labels = data
+    logits = []
+    raw = sum(g.norm().item() for g in zero_cost.loss_gradients(model, images[0], labels[0], logits))
+    assert zero_cost.ignores_input(logits)
+    assert not math.isfinite(raw) or raw > values[BACKWARD]["grad_norm"]  # unguarded, it would rank first
+    assert zero_cost.grad_norm_proxy(dead_stem_model(BACKWARD), *data) == -math.inf
+    assert math.isfinite(values[BACKWARD]["grad_norm"])
 
 
 def test_naswot_counts_agreeing_spikes_over_every_lif_and_step(data):

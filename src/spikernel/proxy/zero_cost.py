@@ -61,13 +61,23 @@ def prepare_for_gradients(model: SNN) -> SNN:
     return model
 
 
-def loss_gradients(model: SNN, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Cross-entropy gradients of each ``weight_layers`` weight on one labelled batch."""
+def loss_gradients(model: SNN, images: torch.Tensor, labels: torch.Tensor,
+                   logits_out: list | None = None) -> list[torch.Tensor]:
+    """Cross-entropy gradients of each ``weight_layers`` weight on one labelled batch (the batch's
+    logits appended to ``logits_out`` when given)."""
     model.zero_grad(set_to_none=True)
     functional.reset_net(model)
-    F.cross_entropy(model(images), labels).backward()
+    logits = model(images)
+    F.cross_entropy(logits, labels).backward()
+    if logits_out is not None:
+        logits_out.append(logits.detach())
     return [m.weight.grad.detach().clone() if m.weight.grad is not None else torch.zeros_like(m.weight)
             for m in weight_layers(model)]
+
+
+def ignores_input(logits: Sequence[torch.Tensor]) -> bool:
+    """Every image of every batch got the same logits: the network's output does not depend on its input."""
+    return all(bool((batch - batch[:1]).abs().max() <= 1e-6 * (1 + batch.abs().max())) for batch in logits)
 
 
 def _need_labels(name: str, batches: Batches, labels: Labels) -> Sequence[torch.Tensor]:
@@ -207,13 +217,16 @@ def grad_norm_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
     """grad_norm (Abdelfattah et al., ICLR 2021): the sum over layers of ``||dL/dW_l||_2``.
 
     Cross-entropy on a labelled batch, surrogate gradients through the spikes; averaged over batches.
+    One guard beyond the paper: a network whose logits are the same for every image scores -inf.
+    Its signals are constant, and BatchNorm divides a constant's gradient by sqrt(eps), so as
+    published such a network would score highest.
     """
     labels = _need_labels("grad_norm", batches, labels)
     prepare_for_gradients(model)
-    scores = []
+    scores, logits = [], []
     for images, targets in zip(batches, labels):
-        scores.append(sum(g.norm().item() for g in loss_gradients(model, images, targets)))
-    return _mean(scores)
+        scores.append(sum(g.norm().item() for g in loss_gradients(model, images, targets, logits)))
+    return -math.inf if ignores_input(logits) else _mean(scores)
 
 
 def zico_batches(batches: Batches, labels: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
