@@ -93,3 +93,32 @@ def add_search_options(parser, batch: int) -> None:
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def bootstrap_mean(values, minus=None, draws: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` (less the mean of ``minus``, resampled independently) and its 95% bootstrap
+    interval: (mean, low, high). Paired differences go in as ``values`` alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, (draws, len(values))).mean(1)
+    centre = float(np.mean(values))
+    if minus is not None:
+        means = means - rng.choice(minus, (draws, len(minus))).mean(1)
+        centre -= float(np.mean(minus))
+    return centre, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def study_parser(doc: str, out, seeds: int = 3):
+    """The options every resumable training study shares: its CSV, seeds, this worker's share and threads."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true")
+    return parser

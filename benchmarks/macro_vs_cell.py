@@ -18,18 +18,16 @@ seed) and the difference with a 95% bootstrap interval and Welch's p-value.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from scipy.stats import ttest_ind
 
-from common import append_row
+from common import append_row, bootstrap_mean, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
 SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
@@ -83,24 +81,17 @@ def summary(path: Path) -> str:
                      f"{statistics.fmean(acc[arm]):.2f} | {sd} |")
     a, b = acc["macro+cell"], acc["cell"]
     if len(a) > 1 and len(b) > 1:
-        rng = np.random.default_rng(0)
-        draws = rng.choice(a, (10000, len(a))).mean(1) - rng.choice(b, (10000, len(b))).mean(1)
+        diff, low, high = bootstrap_mean(a, minus=b)
         p = ttest_ind(a, b, equal_var=False).pvalue
-        lines.append(f"\nmacro+cell - cell: {np.mean(a) - np.mean(b):+.2f} points, 95% bootstrap interval "
-                     f"[{np.percentile(draws, 2.5):+.2f}, {np.percentile(draws, 97.5):+.2f}], Welch p = {p:.3f}")
+        lines.append(f"\nmacro+cell - cell: {diff:+.2f} points, 95% bootstrap interval [{low:+.2f}, {high:+.2f}], "
+                     f"Welch p = {p:.3f}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = study_parser(__doc__, RESULTS)
     parser.add_argument("--work", type=Path, default=Path("runs") / "macro_vs_cell", help="the searches' folders")
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--time-budget", type=float, default=300.0, help="seconds of training per network")
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--summary", action="store_true")
     args = parser.parse_args(argv)
     if args.summary:
         print(summary(args.out))

@@ -13,17 +13,15 @@ interval of the arm's difference to the baseline arm, paired by (cell, seed).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common import append_row
+from common import append_row, bootstrap_mean, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
@@ -98,8 +96,8 @@ def summary(path: Path, baseline: str = BASELINE) -> str:
         paired = [v - acc[(baseline, *k)] for k, v in mine.items() if (baseline, *k) in acc]
         ci = "—"
         if len(paired) > 1 and arm != baseline:
-            draws = np.random.default_rng(0).choice(paired, (10000, len(paired))).mean(1)
-            ci = f"{np.mean(paired):+.2f} [{np.percentile(draws, 2.5):+.2f}, {np.percentile(draws, 97.5):+.2f}]"
+            diff, low, high = bootstrap_mean(paired)
+            ci = f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
         sd = f"{statistics.fmean(sds):.2f}" if sds else "—"
         lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | {sd} | {ci} | "
                      f"{statistics.fmean(seconds[arm]):.0f} |")
@@ -107,18 +105,12 @@ def summary(path: Path, baseline: str = BASELINE) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = study_parser(__doc__, RESULTS)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="fmnist-small")
     parser.add_argument("--timesteps", type=int, help="T of every arm that does not set its own [the preset's]")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated genotypes")
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--summary", action="store_true")
     parser.add_argument("--baseline", default=BASELINE, help="the arm --summary's differences are paired to")
     args = parser.parse_args(argv)
     if args.summary:
