@@ -93,6 +93,7 @@ def test_run_end_to_end_tiny(tmp_path):
     chosen = json.loads((out / "selection.json").read_text())
     assert chosen["kernel_set"] in ("1x1_3x3", "1x1_7x7") and chosen["params"] <= 40_000
     assert 0.0 <= chosen["test"]["test_acc"] <= 1.0
+    assert chosen["selected_by"] == {"within_set": "sahd", "across_sets": "test accuracy"}
     assert (out / chosen["weights"]).stat().st_size > 0
     assert (out / "report" / "report.md").exists() and (out / "report" / "accuracy_vs_memory.png").exists()
     assert "best network under the budget" in proc.stdout

@@ -48,6 +48,8 @@ def selection_table(selection: dict, per_set: list[dict]) -> Table:
                      f"test accuracy {selection['test']['test_acc']:.2%}, "
                      + (f"{selection['energy_uj']:.2f} uJ / image, " if selection.get("energy_uj") is not None else "")
                      + f"budget {selection['budget'] or 'none'}, "
-                     f"{selection['wall_seconds']:.0f} s")
+                     + (f"picked in each set by {selection['selected_by']['within_set']}, across sets by test "
+                        "accuracy, " if selection.get("selected_by") else "")
+                     + f"{selection['wall_seconds']:.0f} s")
     return table
 

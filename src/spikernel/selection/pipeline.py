@@ -35,6 +35,10 @@ def run_job(settings: ExploreSettings, out: Path, data_dir: str | None = None,
         "test": trained["test"],
         "footprint": trained["footprint"],
         "budget": settings.budget,
+        # How it was chosen: in each set by the proxy (or refinement's validation accuracy), across
+        # sets by test accuracy, as SpiKernel compares its sets.
+        "selected_by": {"within_set": f"refine {settings.refine} on validation" if settings.refine
+                        else settings.proxy, "across_sets": "test accuracy"},
         "weights": str((run_dir / "model.safetensors").relative_to(out)),
         "run": str(run_dir.relative_to(out)),
         "report": "report/report.md",
