@@ -83,6 +83,20 @@ def part_path(out: Path, worker: int) -> Path:
     return out.with_name(f"{out.stem}.part{worker}.csv")
 
 
+def parts(out: Path) -> list[Path]:
+    """Every worker's part file beside ``out``."""
+    return sorted(out.parent.glob(f"{out.stem}.part*.csv"))
+
+
+def scoring_setup(data_dir: str | None):
+    """The training split with validation held out, the macro at its shape, and the labelled
+    scoring batches every proxy is computed on: (data, validation split, macro, batches, labels)."""
+    full = load_dataset("fashion-mnist-mini", data_dir)
+    data, val = full.holdout(VALIDATION, seed=0)
+    batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
+    return data, val, macro_config().for_data(data), [data.normalize(b) for b in batches], labels
+
+
 def done_keys(path: Path) -> set[tuple[str, int]]:
     if not path.exists():
         return set()
@@ -111,14 +125,10 @@ def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -
 
 def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
-    full = load_dataset("fashion-mnist-mini", args.data_dir)
-    data, val = full.holdout(VALIDATION, seed=0)
-    macro = macro_config().for_data(data)
-    batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
-    batches = [data.normalize(b) for b in batches]
+    data, val, macro, batches, labels = scoring_setup(args.data_dir)
     mine = [p for i, p in enumerate(plan(args.cells, args.repeated, args.seed)) if i % args.workers == args.worker]
     path = part_path(args.out, args.worker)
-    done = set().union(*(done_keys(p) for p in args.out.parent.glob(f"{args.out.stem}.part*.csv")))
+    done = set().union(*(done_keys(p) for p in parts(args.out)))
     names = list(PROXIES)
     for genotype, seed in mine:
         if (genotype, seed) in done:
@@ -134,13 +144,9 @@ def run_worker(args) -> None:
 def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
     """Recompute proxy columns of every part file (a proxy whose definition changed, or a new one)
     on the same batches and seeds, without training again."""
-    full = load_dataset("fashion-mnist-mini", data_dir)
-    data, _ = full.holdout(VALIDATION, seed=0)
-    macro = macro_config().for_data(data)
-    batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
-    batches = [data.normalize(b) for b in batches]
+    _, _, macro, batches, labels = scoring_setup(data_dir)
     cache: dict[str, dict] = {}
-    for part in sorted(out.parent.glob(f"{out.stem}.part*.csv")):
+    for part in parts(out):
         with open(part, newline="") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
@@ -159,7 +165,7 @@ def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
 
 def merge(out: Path) -> None:
     rows = []
-    for part in sorted(out.parent.glob(f"{out.stem}.part*.csv")):
+    for part in parts(out):
         with open(part, newline="") as f:
             rows += list(csv.DictReader(f))
     rows.sort(key=lambda r: (int(r["params"]), r["genotype"], int(r["seed"])))

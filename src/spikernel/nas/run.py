@@ -31,7 +31,7 @@ from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.nn.macro import MacroSpace
 from spikernel.proxy import DEFAULT_PROXY
-from spikernel.proxy.zero_cost import check_names, labelled_batches
+from spikernel.proxy.zero_cost import NEEDS_LABELS, check_names, labelled_batches
 from spikernel.space.genotype import KernelSet
 from spikernel.training.distributed import device_label, resolve_device
 
@@ -126,11 +126,8 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     successive halving (``nas.refine``), and picks by validation accuracy (``limit_train``: on the first N
     training images only).
     """
-    check_names([proxy])
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
-    if refine > candidates:
-        raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress comes as events, not one log line per trial
     started = time.perf_counter()
     data = as_dataset(data)
@@ -142,11 +139,13 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
     spec = checked_spec(kernel_set, space, cell=cell, candidates=candidates, budget=budget, bits=bits, seed=seed,
                         sampler=sampler, state_budget=state_budget, state_bits=state_bits,
-                        energy_budget=energy_budget, objectives=objectives)
+                        energy_budget=energy_budget, objectives=objectives, refine=refine, proxy=proxy)
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
-    labels = [y.to(device) for y in labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)[1]]
+    labels = None  # the gradient proxies' targets: the labels of the same draw as the batches
+    if proxy in NEEDS_LABELS:
+        labels = [y.to(device) for y in labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)[1]]
     if proxy != "sahd":  # another proxy's scores are another study's; studies from before the key ranked by SAHD
         scoring = {**scoring, "proxy": proxy}
     if fidelity:  # the study holds cheap scores: never mix them with another setting's (top may change)
@@ -164,7 +163,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     optuna_study = open_study(spec, store, study)
 
     score = (make_scorer(macro, fidelity.batches(batches), seed, adapt=fidelity.macro, proxy=proxy,
-                         labels=fidelity.batches(labels)) if fidelity
+                         labels=labels and fidelity.batches(labels)) if fidelity
              else make_scorer(macro, batches, seed, proxy=proxy, labels=labels))
     estimate = energy_estimator(macro, batches[0], seed) if spec.needs_energy else None
     engine = Search(optuna_study, store, spec, score, estimate=estimate)
@@ -200,9 +199,13 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
 
 def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candidates: int, budget: Budget | None,
                  bits: int, seed: int, sampler: str, state_budget=None, state_bits: int | None = None,
-                 energy_budget=None, objectives=None) -> SearchSpec:
-    """A search's settings, checked before data is drawn or any storage touched: the sampler and
-    objectives agree, and every budget is one some combination of ``space`` meets."""
+                 energy_budget=None, objectives=None, refine: int = 0, proxy: str = DEFAULT_PROXY) -> SearchSpec:
+    """A search's settings, checked before data is drawn or any storage touched: the proxy is known,
+    refinement has enough candidates, the sampler and objectives agree, and every budget is one
+    some combination of ``space`` meets."""
+    check_names([proxy])
+    if refine > candidates:
+        raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
     if isinstance(state_budget, str):
         state_budget = StateBudget.parse(state_budget, state_bits or bits)
     if isinstance(energy_budget, str):

@@ -107,13 +107,11 @@ def preflight(settings: ExploreSettings, data_dir: str | None):
         Fidelity.parse(settings.fidelity)
     data = load_dataset(settings.dataset, data_dir)
     space = macro_of(settings, data)
-    options = settings.search_options()
-    for kernel_set in settings.kernel_sets:
-        checked_spec(KernelSet.parse(kernel_set), space, budget=settings.budget_limit,
-                     **{k: options[k] for k in ("cell", "candidates", "bits", "seed", "sampler", "state_budget",
-                                                "state_bits", "energy_budget", "objectives")})
-    if settings.refine > settings.candidates:
-        raise ConfigError(f"refine {settings.refine} is more than the {settings.candidates} candidates searched")
+    s = settings
+    for kernel_set in s.kernel_sets:
+        checked_spec(KernelSet.parse(kernel_set), space, cell=s.cell, candidates=s.candidates, budget=s.budget_limit,
+                     bits=s.bits, seed=s.seed, sampler=s.sampler, state_budget=s.state_budget, state_bits=s.state_bits,
+                     energy_budget=s.energy_budget, objectives=s.objectives, refine=s.refine, proxy=s.proxy)
     return data
 
 
@@ -147,8 +145,8 @@ def picked_rows(selection: dict, k: int) -> list[dict]:
     if refined:
         order = {outcome["name"]: i for i, outcome in enumerate(refined["outcomes"])}
         dims = tuple(selection.get("macro_dimensions") or {})
-        rank = {id(row): order.get(candidate_name(row["genotype"], choice_of(row, dims)), len(order)) for row in top}
-        top = sorted(top, key=lambda row: rank[id(row)])  # stable: the rest keep their score order
+        name = lambda row: candidate_name(row["genotype"], choice_of(row, dims))  # noqa: E731
+        top = sorted(top, key=lambda row: order.get(name(row), len(order)))  # stable: the rest keep score order
     return top[:k]
 
 

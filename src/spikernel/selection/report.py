@@ -417,10 +417,11 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     if searched:
         figures += search_space_figure(study, out)
         figures += search_front_figure(study, out)
+    trained_dimensions = dimensions and any(r.trained for r in study.results)
     if dimensions:
         figures += macro_dimensions_figure(study, out)
-        if any(r.trained for r in study.results):
-            figures += macro_accuracy_figure(study, out)
+    if trained_dimensions:
+        figures += macro_accuracy_figure(study, out)
     if study.settings.get("kind") == "search":
         return _search_report(study, out, figures)
     sizes = ablation_sizes or study.settings.get("ablation") or []
@@ -450,8 +451,7 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         "## Search space\n", "![score vs params](search_score_vs_params.png)\n" if searched else "",
         *_search_sections(searched, dimensions),
         "One panel per searched macro setting for the trained networks too.\n\n"
-        "![accuracy by macro setting](accuracy_by_macro.png)\n" if dimensions and any(r.trained for r in study.results)
-        else "",
+        "![accuracy by macro setting](accuracy_by_macro.png)\n" if trained_dimensions else "",
     ]
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]

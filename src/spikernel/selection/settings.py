@@ -89,12 +89,12 @@ class ExploreSettings:
             data["macro_values"] = {name: list(values) for name, values in self.macro_values}
         return data
 
-
     def search_options(self) -> dict:
         """The keyword arguments of ``nas.run.search`` that these settings choose beside the set."""
         return dict(candidates=self.candidates, budget=self.budget, bits=self.bits, cell=self.cell,
                     batch=self.score_batch, repeats=self.repeats, seed=self.seed, top=max(self.top_k, 10),
-                    fidelity=self.fidelity, limit_train=self.limit_train if self.refine else None, **{name: getattr(self, name) for name in SEARCH_DEFAULTS})
+                    fidelity=self.fidelity, limit_train=self.limit_train if self.refine else None,
+                    **{name: getattr(self, name) for name in SEARCH_DEFAULTS})
 
 
 SEARCH_DEFAULTS = {name: ExploreSettings.__dataclass_fields__[name].default
