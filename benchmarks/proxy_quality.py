@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("csv", type=Path, help="ground truth: one row per (genotype, training seed)")
     parser.add_argument("--target", default="val_acc", help="accuracy column to predict (val_acc or test_acc)")
+    parser.add_argument("--extra", type=Path, action="append", default=[],
+                        help="a CSV of more proxy_<name> columns by genotype (early_training.py's rungs)")
     parser.add_argument("--bins", type=int, default=5, help="quantile bins of footprint_bytes; 0: exactly equal footprints")
     parser.add_argument("--searches", type=int, default=1000)
     parser.add_argument("--search-size", type=int, default=100)
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="markdown report; .json and .png beside it")
     args = parser.parse_args(argv)
-    truth = read_ground_truth(args.csv, args.target)
+    truth = read_ground_truth(args.csv, args.target, args.extra)
     vote = args.vote.split(",") if args.vote else None
     report = evaluate(truth, bins=args.bins or None, searches=args.searches, search_size=args.search_size,
                       resamples=args.resamples, selection_resamples=args.selection_resamples,

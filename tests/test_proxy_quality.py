@@ -139,3 +139,60 @@ def test_missing_columns_are_a_dataset_error():
     records = [{k: v for k, v in r.items() if k != "seed"} for r in synthetic_records()]
     with pytest.raises(DatasetError, match="seed"):
         ground_truth(records)
+
+
+def optuna_prunes(rung1: list[float], rung2: list[float]) -> list[bool]:
+    """Which of these candidates, trained one after the other, nas.refine's pruner stops after epoch 1."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
+    pruned = []
+    for first, second in zip(rung1, rung2):
+        trial = study.ask()
+        trial.report(first, 1)
+        pruned.append(trial.should_prune())
+        if pruned[-1]:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            trial.report(second, 2)
+            study.tell(trial, second)
+    return pruned
+
+
+def test_refinement_order_stops_the_candidates_optuna_stops():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = [{"rung1": float(a), "rung2": float(b)} for a, b in rng.integers(0, 100, (9, 2))]
+        screen = -np.arange(9.0)  # screened best first: rows in their order
+        scores = quality.refinement_order(rows, screen, ["rung1", "rung2"], 8, rng)
+        pruned = optuna_prunes([r["rung1"] for r in rows[:8]], [r["rung2"] for r in rows[:8]])
+        finished = [i for i in range(8) if not pruned[i]]
+        ranked = list(np.argsort(-scores))
+        assert ranked[:len(finished)] == sorted(finished, key=lambda i: -rows[i]["rung2"])  # ties: none likely
+        assert ranked[-1] == 8  # the ninth was never refined: below every finalist
+
+
+def test_refinement_order_by_hand():
+    rows = [{"rung1": a, "rung2": b} for a, b in ((50, 70), (60, 65), (55, 99), (40, 99), (99, 99))]
+    # a and b finish (each best so far after epoch 1); c is not the best of three, d not in the top
+    # half of four; e, screened last, is not among the four refined
+    scores = quality.refinement_order(rows, np.array([5.0, 4, 3, 2, 1]), ["rung1", "rung2"], 4, np.random.default_rng(0))
+    assert list(np.argsort(-scores)) == [0, 1, 2, 3, 4]
+
+
+def test_rungs_join_from_another_csv_and_make_refinement_rules(tmp_path):
+    records = synthetic_records()
+    for name, rows in (("truth", records), ("rungs", [{"genotype": f"cell{c}", "proxy_rung1": c, "proxy_rung2": c, "seconds": 1}
+                                                       for c in range(59)])):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    truth = read_ground_truth(tmp_path / "truth.csv", extra=[tmp_path / "rungs.csv"])
+    assert truth.proxies[-2:] == ["rung1", "rung2"] and truth.rows[3]["rung2"] == 3 and math.isnan(truth.rows[59]["rung1"])
+    rules = quality.selection_rules(truth.proxies)
+    assert {"refine4:params", "refine8:params", "rung1"} <= set(rules) and "sized:rung1" not in rules
+    vote = rules["vote"](truth.rows, np.random.default_rng(0))
+    assert np.allclose(vote, quality.rank_vote(truth.rows, ["oracle", "noise", "contrarian"]))  # no rung votes

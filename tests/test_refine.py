@@ -50,6 +50,14 @@ def test_rungs_are_recorded_and_the_best_on_validation_comes_first(found, tmp_pa
     assert all(r.rungs and max(r.rungs) == r.epochs for r in rows)
 
 
+def test_each_candidate_trains_on_the_first_images_only(found, tmp_path):
+    data, _ = found
+    refine(shortlist(found, 1), data, MACRO.for_data(data), tmp_path / "r", epochs=1, validation=200, images=48)
+    run_dir = next((tmp_path / "r" / "runs").iterdir())
+    config = json.loads((run_dir / "run.json").read_text())["train"]
+    assert config["limit_train"] == 48 and config["batch_size"] == 16  # the refine recipe, on 48 images
+
+
 def test_an_interrupted_refinement_resumes_to_the_same_outcome(found, tmp_path):
     whole = run(found, tmp_path / "whole")
     seen = []

@@ -152,6 +152,8 @@ def selection_options(f):
                      help="Train the best K briefly on a validation split (successive halving) and pick by "
                           "validation accuracy."),
         click.option("--refine-epochs", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--refine-images", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="Training images each refined candidate trains on per epoch."),
         click.option("--validation", type=click.IntRange(min=1), default=1000, show_default=True,
                      help="Training images held out for refinement's validation accuracy."),
     ]

@@ -52,7 +52,7 @@ RESULTS = ("search.json", "selection.json")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, cell, batch, repeats, preset, seed,
            sampler, objectives, storage, study_name, heartbeat, top, compare_at, fidelity, device, refine,
-           refine_epochs, validation, state_budget, state_bits, energy_budget, proxy, threads, **macro):
+           refine_epochs, refine_images, validation, state_budget, state_bits, energy_budget, proxy, threads, **macro):
     """Score N sampled cells of a kernel set without training, under a memory budget; resumable.
 
     A macro setting given as a list (--width 8,16,32) is searched alongside the cell."""
@@ -75,7 +75,7 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
                             batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,
                             study=study_name, heartbeat=heartbeat, top=top, compare_at=compare_at,
                             fidelity=fidelity, device=device, refine=refine, refine_epochs=refine_epochs,
-                            validation=validation, state_budget=state_budget,
+                            refine_images=refine_images, validation=validation, state_budget=state_budget,
                             state_bits=int(state_bits) if state_bits else None, energy_budget=energy_budget,
                             objectives=objectives, proxy=proxy, on_event=on_event)
     remember_request(out, asked, RESULTS)
@@ -114,9 +114,10 @@ def summary_table(result: dict, out: Path) -> Table:
         if refined:
             outcomes = ", ".join(f"{r.get('name') or r['genotype']} {r['val_acc']:.1%} ({r['state']} after {r['epochs']})"
                                  for r in refined["outcomes"])
-            rows.append(("refined", f"best {refined['candidates']} trained up to {refined['epochs']} epochs on "
-                                    f"{refined['validation_images']} held-out images in {refined['seconds']:.0f} s: "
-                                    f"{outcomes}"))
+            images = f" of {refined['images']} images" if refined.get("images") else ""
+            rows.append(("refined", f"best {refined['candidates']} trained up to {refined['epochs']} epochs{images}, "
+                                    f"judged on {refined['validation_images']} held-out images, in "
+                                    f"{refined['seconds']:.0f} s: {outcomes}"))
     else:
         rows.append(("best", "none: every sampled cell is over the budget"))
     compare = report.get("compare")

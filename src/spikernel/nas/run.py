@@ -25,7 +25,7 @@ from spikernel.nas.engine import (Candidate, Search, SearchSpec, candidate_summa
                                   pareto_front, redact, scoring_data, sqlite_url, storage_errors, time_report, top_k,
                                   write_outputs)
 from spikernel.nas.fidelity import Fidelity, two_stage
-from spikernel.nas.refine import refine as run_refine
+from spikernel.nas.refine import IMAGES as REFINE_IMAGES, refine as run_refine
 from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
@@ -110,7 +110,8 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
            repeats: int = 2, seed: int = 0, sampler: str = "random", out: str | Path | None = None,
            storage: str | None = None, study: str = "search", heartbeat: int = 10, top: int = 10,
            compare_at: int | None = None, fidelity: Fidelity | str | None = None, device: str = "cpu",
-           refine: int = 0, refine_epochs: int = 2, validation: int = 1000, limit_train: int | None = None,
+           refine: int = 0, refine_epochs: int = 2, validation: int = 1000, refine_images: int | None = REFINE_IMAGES,
+           limit_train: int | None = None,
            state_budget: StateBudget | str | None = None, state_bits: int | None = None,
            energy_budget: EnergyBudget | str | None = None, objectives: str | tuple | list | None = None,
            proxy: str = DEFAULT_PROXY, on_event: OnEvent | None = None) -> SearchResult:
@@ -122,9 +123,9 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     (``"score,footprint,energy"``) are what ``sampler="nsga2"`` trades off and ``front`` is over
     (default: score and footprint, and energy under an energy budget). With ``out`` the study and
     its outputs live in that folder and a second call resumes it. ``refine=K`` then trains the best
-    K for ``refine_epochs`` on a ``validation`` split held out of the training images, with
-    successive halving (``nas.refine``), and picks by validation accuracy (``limit_train``: on the first N
-    training images only).
+    K for ``refine_epochs`` on ``refine_images`` training images (None: all), with successive halving
+    (``nas.refine``), and picks by accuracy on a ``validation`` split held out of the training images
+    (``limit_train``: on the first N training images only).
     """
     if refine and out is None:
         raise ConfigError("refinement trains networks into run folders: give out=")
@@ -193,7 +194,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     written = write_outputs(out, spec, found, about, top) if out is not None else outputs(spec, found, about, top)
     if refine:
         written["selection"] = _refined(found, written["selection"], spec, data, out, refine, refine_epochs,
-                                        validation, seed, on_event, limit_train)
+                                        validation, refine_images, seed, on_event, limit_train)
     return SearchResult(spec, found, written["selection"], written["search"], out)
 
 
@@ -219,17 +220,18 @@ def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candida
 
 
 def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k: int, epochs: int, validation: int,
-             seed: int, on_event, limit_train: int | None = None) -> dict:
+             images: int | None, seed: int, on_event, limit_train: int | None = None) -> dict:
     """selection.json with the refinement's outcome; its ``best`` is the refined pick."""
     shortlist = top_k(found, k)
     if len(shortlist) < k:
         raise ConfigError(f"refine {k} is more than the {len(shortlist)} distinct candidates scored under the budget")
     started = time.perf_counter()
-    rows = run_refine(shortlist, data, spec.macro, out / "refine", epochs=epochs, validation=validation, seed=seed,
-                      limit_train=limit_train, on_event=on_event)
+    rows = run_refine(shortlist, data, spec.macro, out / "refine", epochs=epochs, validation=validation,
+                      images=images, seed=seed, limit_train=limit_train, on_event=on_event)
     pick = next(c for c in shortlist if c.name == rows[0].name)
     chosen = {**chosen, "best_by_score": chosen["best"], "best": candidate_summary(pick, spec.bits),
-              "refined": {"candidates": k, "epochs": epochs, "validation_images": validation, "selection": "refine",
+              "refined": {"candidates": k, "epochs": epochs, "images": images, "validation_images": validation,
+                          "selection": "refine",
                           "seconds": round(time.perf_counter() - started, 2), "pick": rows[0].name,
                           "outcomes": [asdict(r) for r in rows]}}
     write_json(out / "selection.json", chosen)

@@ -80,10 +80,21 @@ class GroundTruth:
                            self.target, origin)
 
 
-def read_ground_truth(path: str | os.PathLike, target: str = "val_acc") -> GroundTruth:
-    """The CSV at ``path``; see ``ground_truth`` for the columns."""
+def read_ground_truth(path: str | os.PathLike, target: str = "val_acc",
+                      extra: Sequence[str | os.PathLike] = ()) -> GroundTruth:
+    """The CSV at ``path``; see ``ground_truth`` for the columns. Each ``extra`` CSV adds its
+    ``proxy_<name>`` columns to the rows of its genotypes (a cell it lacks gets NaN)."""
+    records = _read_csv(path)
+    for table in map(_read_csv, extra):
+        by_genotype = {r["genotype"]: {k: v for k, v in r.items() if k.startswith(PROXY_PREFIX)} for r in table}
+        columns = dict.fromkeys(k for r in by_genotype.values() for k in r)
+        records = [{**r, **dict.fromkeys(columns, "nan"), **by_genotype.get(r["genotype"], {})} for r in records]
+    return ground_truth(records, target)
+
+
+def _read_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
-        return ground_truth(list(csv.DictReader(f)), target)
+        return list(csv.DictReader(f))
 
 
 def ground_truth(records: Sequence[dict], target: str = "val_acc") -> GroundTruth:
@@ -198,10 +209,13 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
     """Rules that order a set of candidate rows, higher = picked first.
 
     Each proxy by itself (``params`` is the params pick), ``vote`` (mean rank of ``vote``,
-    default every proxy but params) and ``vote+params``, ``sized:<proxy>`` (``combine.size_first``:
-    the proxy's pick among the largest bin of the set), and ``random``.
+    default every zero-cost proxy but params) and ``vote+params``, ``sized:<proxy>``
+    (``combine.size_first``: the proxy's pick among the largest bin of the set), and ``random``.
+    With short trainings' rungs among the proxies (``rung1``, ``rung2``: validation accuracy after
+    each), ``refine<K>:<screen>``: refinement of the screen's best K (``refinement_order``).
     """
-    others = [p for p in proxies if p != "params"]
+    rungs = sorted((p for p in proxies if p.startswith(RUNG)), key=lambda p: int(p[len(RUNG):]))
+    others = [p for p in proxies if p != "params" and p not in rungs]
     vote = list(vote) if vote is not None else others
     rules: dict[str, Rule] = {p: (lambda rows, rng, p=p: np.array([r[p] for r in rows], dtype=float)) for p in proxies}
     if vote:
@@ -210,7 +224,48 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
     for p in others:
         rules[f"sized:{p}"] = lambda rows, rng, p=p: np.asarray(size_first(rows, p, SIZE, bins))
     rules["random"] = lambda rows, rng: rng.random(len(rows))
+    if rungs:
+        for k in REFINE_K:
+            for screen in ("sahd", "params"):
+                if screen in proxies:
+                    rules[f"refine{k}:{screen}"] = (lambda rows, rng, k=k, s=screen:
+                                                    refinement_order(rows, rules[s](rows, rng), rungs, k, rng))
     return rules
+
+
+RUNG = "rung"  # proxy_rung<E>: validation accuracy after epoch E of a short training (a trained proxy)
+REFINE_K = (4, 8)
+
+
+def refinement_order(rows: Sequence[dict], screen: np.ndarray, rungs: Sequence[str], k: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Scores for ``nas.refine``'s choice among the screen's best ``k``, the rest below them.
+
+    The k train one after the other, best screened first; after each rung but the last a
+    candidate stops unless its value is among the best 1/2 of those reached that rung so far
+    (at least the best one), as Optuna's ``SuccessiveHalvingPruner(min_resource=1,
+    reduction_factor=2)`` decides. Finished candidates rank first by their last rung, stopped
+    ones after them by the rung they stopped at.
+    """
+    screened = order(screen, rng)
+    finalists = screened[:k]
+    values = np.array([[float(rows[i][r]) for r in rungs] for i in finalists])
+    reached: list[list[float]] = [[] for _ in rungs]
+    keys = []
+    for value in values:
+        stop = len(rungs) - 1
+        for rung in range(len(rungs) - 1):
+            reached[rung].append(value[rung])
+            best = sorted(reached[rung], reverse=True)
+            if value[rung] < best[max(len(best) // 2 - 1, 0)]:
+                stop = rung
+                break
+        keys.append((stop, value[stop]))
+    out = np.empty(len(rows))
+    out[screened] = -np.arange(len(rows), dtype=float)  # the others keep the screen's order, below
+    for place, i in enumerate(sorted(range(len(finalists)), key=lambda j: keys[j], reverse=True)):
+        out[finalists[i]] = len(finalists) - place
+    return out
 
 
 def order(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -244,8 +299,9 @@ def one_search(rule: Rule, truth: GroundTruth, accuracy: np.ndarray, groups: np.
         out[f"top{k}_percentile"] = percentile_of(accuracy[choice], reference)
         out[f"top{k}_percentile_in_size"] = percentile_of(accuracy[choice], reference[reference_groups == groups[choice]])
     regrets, percentiles = [], []
-    for group in np.unique(groups[picked]):  # a search limited to one footprint bin
-        members = ranked[groups[ranked] == group]
+    for group in np.unique(groups[picked]):  # a search limited to one footprint bin: the rule ranks its members
+        members = picked[groups[picked] == group]
+        members = members[order(rule([truth.rows[i] for i in members], rng), rng)]
         regrets.append(accuracy[members].max() - accuracy[members[0]])
         percentiles.append(percentile_of(accuracy[members[0]], reference[reference_groups == group]))
     out["per_size_regret"], out["per_size_percentile"] = float(np.mean(regrets)), float(np.mean(percentiles))

@@ -43,6 +43,7 @@ class ExploreSettings:
     energy_budget: str | None = None
     refine: int = 0  # train the best K of each search briefly on a validation split; pick by that
     refine_epochs: int = 2
+    refine_images: int = 1000  # training images per refinement rung (nas.refine.IMAGES)
     validation: int = 1000
     proxy: str = DEFAULT_PROXY  # what each search ranks by
     # Macro settings by name: one value overrides the preset, several are searched beside the cell
@@ -99,7 +100,7 @@ class ExploreSettings:
 
 SEARCH_DEFAULTS = {name: ExploreSettings.__dataclass_fields__[name].default
                    for name in ("sampler", "objectives", "state_budget", "state_bits", "energy_budget", "refine",
-                                "refine_epochs", "validation", "proxy")}
+                                "refine_epochs", "refine_images", "validation", "proxy")}
 
 # Sized to stay under ten minutes on a 2-core CPU on the embedded fashion-mnist-mini. T = 2 for 4 epochs
 # costs what T = 4 for 2 did and tested 2-6 points better, without augmentation (benchmarks/recipe_study.py).

@@ -1,7 +1,8 @@
 """Named training recipes: the paper's SGD schedule and a fast one for short budgets.
 
 ``fast`` is what ``benchmarks/recipe_study.py`` measured best on Fashion-MNIST for a few epochs on a
-CPU (docs/RESULTS.md has the table); ``snasnet`` is SPEC 7 as SNASNet trains (300 epochs).
+CPU (docs/RESULTS.md has the table); ``snasnet`` is SPEC 7 as SNASNet trains (300 epochs); ``refine``
+is how refinement (``nas.refine``) trains its candidates on a few images.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ RECIPES: dict[str, dict] = {
                     label_smoothing=0.0, batch_size=64),
     "fast": dict(optimizer="adamw", lr=5e-3, weight_decay=0.01, schedule="onecycle", warmup=0.1,
                  label_smoothing=0.1, batch_size=64, augment=None),  # crop + flip from 5 epochs on
+    # Refinement's rungs: a thousand images an epoch. Small batches give them four times the steps of
+    # `fast` (benchmarks/early_training.py, docs/EVIDENCE.md).
+    "refine": dict(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="onecycle", warmup=0.1,
+                   label_smoothing=0.1, batch_size=16, augment=False),
 }
 DEFAULT_RECIPE = "fast"
 

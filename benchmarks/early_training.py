@@ -1,0 +1,74 @@
+"""Short trainings of the ground truth's cells, as refinement (`search --refine`) would train them.
+
+Each cell of the ground-truth CSV trains as one refinement candidate does: the `refine` recipe for
+``--epochs`` rungs on the first ``--images`` training images, its validation accuracy measured
+after every rung on a split held out of the ground truth's own training images (refinement never
+sees the ground truth's validation or test images either). The rungs become proxy columns
+(``proxy_rung1``, ``proxy_rung2``, ...) that ``proxy_quality.py --extra`` joins to the ground
+truth, so a refinement rule is judged on the same simulated searches as the zero-cost proxies,
+without training again. Resumable, worker k of n takes every n-th cell.
+
+    python benchmarks/early_training.py --worker 0 --workers 2 &
+    python benchmarks/early_training.py --worker 1 --workers 2 &
+    python benchmarks/proxy_quality.py benchmarks/results/ground_truth_fmnist_mini.csv \\
+        --extra benchmarks/results/early_training_fmnist_mini.csv --out docs/results/proxy-quality/report.md
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from common import append_row, study_parser
+from ground_truth import DEFAULT_OUT as GROUND_TRUTH, macro_config, scoring_setup
+
+RESULTS = Path(__file__).parent / "results"
+VALIDATION = 1000  # refinement's default --validation
+
+
+def short_training(genotype: str, data, epochs: int, images: int, seed: int = 0) -> dict:
+    """Validation accuracy after each of ``epochs`` rungs on ``images`` images, the way ``nas.refine`` trains."""
+    from spikernel.nn.model import SNN
+    from spikernel.space.genotype import Genotype
+    from spikernel.training.loop import fit
+    from spikernel.training.recipe import recipe
+
+    inner, held = data.holdout(VALIDATION, seed=1)  # not the ground truth's validation split (seed 0)
+    config = recipe("refine", epochs=epochs, seed=seed, limit_train=images)
+    torch.manual_seed(seed)
+    model = SNN(Genotype.parse(genotype), macro_config().for_data(data))
+    started = time.perf_counter()
+    history = fit(model, replace(inner, test=held), config)
+    return {"genotype": genotype, **{f"proxy_rung{row['epoch']}": round(row["test_acc"], 5) for row in history},
+            "images": images, "validation": VALIDATION, "seconds": round(time.perf_counter() - started, 2),
+            "seed": seed, "recipe": "refine"}
+
+
+def main(argv=None) -> None:
+    parser = study_parser(__doc__, RESULTS / "early_training_fmnist_mini.csv", seeds=1)
+    parser.add_argument("--truth", type=Path, default=GROUND_TRUTH)
+    parser.add_argument("--epochs", type=int, default=2, help="rungs: validation after each epoch")
+    parser.add_argument("--images", type=int, default=1000, help="training images per rung")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with open(args.truth, newline="") as f:
+        genotypes = list(dict.fromkeys(r["genotype"] for r in csv.DictReader(f)))
+    done = set()
+    if args.out.exists():
+        with open(args.out, newline="") as f:
+            done = {r["genotype"] for r in csv.DictReader(f)}
+    data = scoring_setup(None)[0]  # the ground truth's training split, its validation images removed
+    for i, genotype in enumerate(genotypes):
+        if i % args.workers == args.worker and genotype not in done:
+            row = short_training(genotype, data, args.epochs, args.images)
+            append_row(args.out, row)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
