@@ -122,7 +122,7 @@ def test_csv_round_trip_report_and_plot(tmp_path, report):
     ready = json_ready(report)
     json.dumps(ready, allow_nan=False)  # NaN became null
     table = markdown(ready)
-    assert table.count("\n| ") == len(report["rules"])
+    assert table.split("\n\n")[0].count("\n| ") == len(report["rules"])  # one row per rule, then the notes
     assert "| oracle | 1.00 [1.00, 1.00] | 1.00 | 1.00 [1.00, 1.00] | 1.00 | 1.00 | 0.00 |" in table
     plot_quality(ready, truth, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
@@ -196,3 +196,17 @@ def test_rungs_join_from_another_csv_and_make_refinement_rules(tmp_path):
     assert {"refine4:params", "refine8:params", "rung1"} <= set(rules) and "sized:rung1" not in rules
     vote = rules["vote"](truth.rows, np.random.default_rng(0))
     assert np.allclose(vote, quality.rank_vote(truth.rows, ["oracle", "noise", "contrarian"]))  # no rung votes
+
+
+def test_per_size_gain_is_paired_and_tabled(report):
+    oracle = report["rules"]["oracle"]["per_size_gain"]
+    assert set(oracle) == {"params"}  # no SAHD column in the synthetic ground truth
+    assert oracle["params"]["mean"] > 0 and oracle["params"]["ci95"][0] > 0  # the oracle beats size, and surely
+    assert "per_size_gain" not in report["rules"]["params"] or "params" not in report["rules"]["params"]["per_size_gain"]
+    table = markdown(json_ready(report))
+    assert "| oracle | " + _with_ci_text(oracle["params"]) + " |" in table
+
+
+def _with_ci_text(figure):
+    lo, hi = figure["ci95"]
+    return f"{figure['mean']:.1f} [{lo:.1f}, {hi:.1f}]"

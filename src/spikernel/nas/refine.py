@@ -81,7 +81,7 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
         try:
             result = train(candidate.genotype, tuning, out=out / "runs" / candidate.slug,
                            macro=candidate.macro or macro, config=config, device="cpu", on_epoch=report,
-                           on_event=on_event)
+                           on_event=on_event, energy=False)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, result.test_acc)
         except _Pruned:

@@ -281,6 +281,7 @@ def percentile_of(value: float, reference: np.ndarray) -> float:
 # --------------------------------------------------------------------------- simulated searches
 
 
+GAIN_BASELINES = ("params", "sahd")  # the picks a selection rule must beat (per size, beyond the noise)
 SEARCH_FIGURES = ("top1_regret", "top1_percentile", "top1_percentile_in_size", "top5_regret",
                   "top5_percentile", "top5_percentile_in_size", "per_size_regret", "per_size_percentile")
 
@@ -329,11 +330,12 @@ def simulate_searches(rules: dict[str, Rule], truth: GroundTruth, groups: np.nda
 
 def bootstrap_selection(rules: dict[str, Rule], truth: GroundTruth, bins: int | None, resamples: int,
                         searches: int, search_size: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """95% intervals of each search figure's mean: the searches rerun on genotype resamples.
+    """Each search figure's mean per genotype resample, per rule: the searches rerun on resamples.
 
     Which cells were trained is itself a sample; each resample draws as many genotypes with
     replacement, re-bins them and runs ``searches`` searches on them (fewer than the main run's,
-    since only their mean is kept).
+    since only their mean is kept). Every rule sees the same resamples and draws, so two rules'
+    lists pair up: their differences give the interval of one rule's gain over another.
     """
     rng = np.random.default_rng(seed + 1)
     means: dict[str, dict[str, list[float]]] = {name: {f: [] for f in SEARCH_FIGURES} for name in rules}
@@ -344,7 +346,7 @@ def bootstrap_selection(rules: dict[str, Rule], truth: GroundTruth, bins: int | 
         for name, per_figure in figures.items():
             for figure, summary in per_figure.items():
                 means[name][figure].append(summary["mean"])
-    return {name: {f: _interval(v) for f, v in per_figure.items()} for name, per_figure in means.items()}
+    return means
 
 
 def _interval(values: Sequence[float]) -> list[float]:
@@ -416,10 +418,14 @@ def evaluate(truth: GroundTruth, bins: int | None = DEFAULT_SIZE_BINS, searches:
     rules = selection_rules(truth.proxies, vote, bins)
     groups = size_bins(truth.column(SIZE), bins)
     picks = simulate_searches(rules, truth, groups, searches, search_size, seed)
-    intervals = bootstrap_selection(rules, truth, bins, selection_resamples, resample_searches, search_size, seed)
+    means = bootstrap_selection(rules, truth, bins, selection_resamples, resample_searches, search_size, seed)
     for name, per_figure in picks.items():
         for figure, summary in per_figure.items():
-            summary["ci95"] = intervals[name][figure]
+            summary["ci95"] = _interval(means[name][figure])
+        picks[name]["per_size_gain"] = {  # paired over the resamples: the gain over the baselines' picks
+            base: {"mean": per_figure["per_size_percentile"]["mean"] - picks[base]["per_size_percentile"]["mean"],
+                   "ci95": _interval(np.subtract(means[name]["per_size_percentile"], means[base]["per_size_percentile"]))}
+            for base in GAIN_BASELINES if base in picks and base != name}
     per_rule = {name: {**bootstrap_correlations(rule, truth, bins, resamples, seed), **picks[name]}
                 for name, rule in rules.items()}
     return {
@@ -478,7 +484,19 @@ def markdown(report: dict) -> str:
               "each footprint bin of a search.",
               f"Noise floor: sd between seeds {_fmt(noise['pooled_sd'])} points pooled (median {_fmt(noise['median_sd'])}) "
               f"over {noise['cells']} cells ({noise['rows']} trainings); retest tau {_fmt(noise['retest_kendall_tau'])}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *gain_table(report)]) + "\n"
+
+
+def gain_table(report: dict) -> list[str]:
+    """Per rule: its per-size pick's percentile less the params and SAHD picks', paired 95% intervals."""
+    bases = [b for b in GAIN_BASELINES if b in report["rules"]]
+    lines = ["| rule | " + " | ".join(f"per-size pct - {b}'s [95% CI]" for b in bases) + " |",
+             "|" + "---|" * (len(bases) + 1)]
+    for name, r in report["rules"].items():
+        gains = r.get("per_size_gain", {})
+        lines.append(f"| {name} | " + " | ".join(_with_ci(gains[b], "mean", 1) if b in gains else "—" for b in bases) + " |")
+    return lines + ["", "Gain: percentile points of the per-size pick over the baseline's, paired over the same "
+                    "genotype resamples and searches; an interval above 0 beats it beyond the resampling noise."]
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -50,7 +50,8 @@ class TrainResult:
 def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Path | None = None,
           macro: MacroConfig | str | None = None, config: TrainConfig | None = None, device: str = "auto",
           resume: bool = False, command: str | None = None, on_event: OnEvent | None = None,
-          on_epoch: Callable[[dict], None] | None = None, data_dir: str | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, data_dir: str | None = None,
+          energy: bool = True) -> TrainResult:
     """Train a cell (or a built ``SNN``, from its current weights) on ``data`` and evaluate it.
 
     ``macro``: a preset name or settings (default: the dataset's preset), fitted to the data's
@@ -58,7 +59,8 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
     run to continue in ``out``; without it a rerun continues anyway. ``on_epoch`` receives each
     finished epoch's metrics row (also the rows a resumed run had already finished, first).
     ``data_dir`` (where the dataset's files are, as the user gave it) is kept in run.json, so that
-    evaluating or exporting the run later finds the data without being told again.
+    evaluating or exporting the run later finds the data without being told again. ``energy=False``
+    leaves the result's spike, SOP and energy count on test images out (refinement never reads it).
     """
     config = config or TrainConfig()
     world, device = distributed.init(device)
@@ -79,7 +81,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
             config = _planned(config, model, data, device, out, world, on_event)
         started = time.perf_counter()
         history = _fit(model, data, config, device, out, world, on_event, on_epoch)
-        result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command)
+        result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command, energy)
         if out is not None and world.is_main:
             save_model(out / WEIGHTS_FILE, model, spec, epoch=len(history))
             write_json(out / RESULT_FILE, result)  # last: its presence marks a finished run
@@ -162,7 +164,8 @@ def _fit(model, data, config: TrainConfig, device, out, world, on_event, on_epoc
                tensorboard=out is not None)
 
 
-def _result(spec: RunSpec, model, history, data, world, device, seconds: float, command: str | None) -> dict:
+def _result(spec: RunSpec, model, history, data, world, device, seconds: float, command: str | None,
+            energy: bool = True) -> dict:
     fp = footprint(Genotype.parse(spec.genotype), MacroConfig.from_dict(spec.macro))
     last = history[-1]
     return {
@@ -176,7 +179,7 @@ def _result(spec: RunSpec, model, history, data, world, device, seconds: float, 
         "footprint": fp.to_dict(),
         "test": {k: v for k, v in last.items() if k.startswith("test_")},
         "spike_rate": last.get("spike_rate"),
-        "energy": measure_dataset(model, data, limit=ENERGY_IMAGES, device=device).to_dict(),
+        "energy": measure_dataset(model, data, limit=ENERGY_IMAGES, device=device).to_dict() if energy else None,
         "best_test_acc": max(row["test_acc"] for row in history),
         "epochs": len(history),
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
