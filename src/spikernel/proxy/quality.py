@@ -226,8 +226,8 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
     rules["random"] = lambda rows, rng: rng.random(len(rows))
     if rungs:
         for k in REFINE_K:
-            for screen in ("sahd", "params"):
-                if screen in proxies:
+            for screen in ("sahd", "params", "vote+params"):
+                if screen in rules:
                     rules[f"refine{k}:{screen}"] = (lambda rows, rng, k=k, s=screen:
                                                     refinement_order(rows, rules[s](rows, rng), rungs, k, rng))
     return rules
