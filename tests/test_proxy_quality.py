@@ -210,3 +210,12 @@ def test_per_size_gain_is_paired_and_tabled(report):
 def _with_ci_text(figure):
     lo, hi = figure["ci95"]
     return f"{figure['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def test_a_rule_figures_do_not_move_when_rules_are_added():
+    truth = ground_truth(synthetic_records())
+    groups = quality.size_bins(truth.column("footprint_bytes"), 3)
+    rules = quality.selection_rules(truth.proxies)
+    few = quality.simulate_searches({k: rules[k] for k in ("noise", "params")}, truth, groups, searches=20, search_size=30)
+    more = quality.simulate_searches(rules, truth, groups, searches=20, search_size=30)
+    assert few["noise"] == more["noise"] and few["params"] == more["params"]  # params breaks its ties at random

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -317,13 +318,15 @@ def simulate_searches(rules: dict[str, Rule], truth: GroundTruth, groups: np.nda
     sees the same draws. The range is what one search can expect, not an interval of the mean.
     """
     rng = np.random.default_rng(seed)
+    # each rule breaks ties from a stream of its own: its figures do not move when rules are added
+    streams = {name: np.random.default_rng([seed, zlib.crc32(name.encode())]) for name in rules}
     accuracy = truth.accuracy
     size = min(search_size, len(truth))
     results: dict[str, list[dict]] = {name: [] for name in rules}
     for _ in range(searches):
         picked = rng.choice(len(truth), size=size, replace=False)
         for name, rule in rules.items():
-            results[name].append(one_search(rule, truth, accuracy, groups, picked, rng))
+            results[name].append(one_search(rule, truth, accuracy, groups, picked, streams[name]))
     return {name: {figure: _summary([r[figure] for r in draws]) for figure in SEARCH_FIGURES}
             for name, draws in results.items()}
 
