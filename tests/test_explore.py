@@ -120,7 +120,7 @@ def test_settings_round_trip():
 
 
 def test_seeds_give_each_set_an_interval_and_a_test(tmp_path):
-    from spikernel.selection.report import investigation_table
+    from spikernel.selection.report import investigation_table, markdown
 
     settings = ExploreSettings(**{**TINY.to_dict(), "kernel_sets": TINY.kernel_sets, "ablation": TINY.ablation,
                                   "seeds": 2, "top_k": 1})
@@ -132,6 +132,8 @@ def test_seeds_give_each_set_an_interval_and_a_test(tmp_path):
     assert [r["trainings"] for r in rows] == [2, 2]
     other = rows[1]
     assert 0 < other["permutation p"] <= 1 and other["diff 95% CI"].startswith("[")
+    table = markdown(rows)  # the report shows the test, though the first set's row has no such column
+    assert "permutation p" in table.splitlines()[0] and table.splitlines()[2].endswith("| - | - | - |")
     first = study.results[0].trained
     assert rows[0]["mean (%)"] == pytest.approx(50 * (first[0]["test_acc"] + first[1]["test_acc"]))
     chosen = select(study)

@@ -68,3 +68,16 @@ def test_half_finished_study_reports_what_exists(tmp_path):
     write_report(study, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "1x1_5x5: training not finished" in text and "| 1x1_5x5 | - |" in text
+
+
+def test_permutation_p_is_exact_for_small_arms():
+    import numpy as np
+
+    from spikernel.selection.report import permutation_p
+
+    rng = np.random.default_rng(0)
+    a, b = np.array([87.52, 87.78, 87.36]), np.array([85.74, 85.65, 86.48])
+    assert permutation_p(a, b, 10_000, rng) == pytest.approx(0.1)  # 2 of the 20 splits are as extreme
+    assert permutation_p(a, a.copy(), 10_000, rng) == 1.0
+    big = permutation_p(np.arange(12.0), np.arange(12.0) + 30, 500, rng)  # C(24, 12) splits: sampled
+    assert big == pytest.approx(1 / 501)
