@@ -51,7 +51,8 @@ def explore_options(defaults: ExploreSettings = _D):
                      help="Trainings per cell (seeds seed, seed+1, ...): the report's intervals and tests need >= 2."),
         click.option("--epochs", "-e", type=click.IntRange(min=1), default=_D.epochs, show_default=True),
         click.option("--recipe", type=RECIPE, default=_D.recipe, show_default=True,
-                     help="fast (AdamW, one-cycle, label smoothing) or snasnet (the paper's SGD + cosine)."),
+                     help="fast (AdamW, one-cycle, label smoothing), snasnet (the paper's SGD + cosine) or refine "
+                          "(refinement's: fast at batch 16, lr 1e-2, no crop/flip)."),
         click.option("--preset", "-p", type=PRESET, default=_D.preset, show_default=True),
         click.option("--cell", type=CELL, default=_D.cell, show_default=True),
         click.option("--score-batch", type=click.IntRange(min=2), default=_D.score_batch, show_default=True),

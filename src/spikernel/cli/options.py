@@ -114,7 +114,7 @@ def macro_values(options: dict) -> dict[str, tuple[int, ...]]:
     """The macro settings given (removed from ``options``): {setting: values}."""
     given = {setting: options.pop(setting) for _, setting, _ in MACRO_OPTIONS if setting in options}
     return {setting: values for setting, values in given.items() if values is not None}
-RECIPE_NAMES = ("fast", "snasnet")  # spikernel.training.recipe.RECIPES, without importing torch here
+RECIPE_NAMES = ("fast", "snasnet", "refine")  # spikernel.training.recipe.RECIPES, without importing torch here
 RECIPE = click.Choice(RECIPE_NAMES)
 
 

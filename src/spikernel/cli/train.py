@@ -52,7 +52,8 @@ RESULTS = ("result.json",)
 @click.option("--time-budget", type=DURATION,
               help="Train as many epochs as fit in this wall time (90s, 30m, 1h30m); the schedule is sized to them.")
 @click.option("--recipe", "recipe_name", type=RECIPE, default="fast", show_default=True,
-              help="fast (AdamW, one-cycle, label smoothing) or snasnet (SGD + cosine, SPEC 7).")
+              help="fast (AdamW, one-cycle, label smoothing), snasnet (SGD + cosine, SPEC 7) or refine "
+                   "(refinement's: fast at batch 16, lr 1e-2, no crop/flip).")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), help="Global batch [the recipe's: 64].")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
 @click.option("--preset", "-p", type=PRESET, help="Macro preset [by dataset: fmnist, snasnet-cifar10, ...].")
