@@ -72,6 +72,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def read_rows(path) -> list[dict]:
+    """A result CSV's rows, none when it does not exist yet (a study that has not started)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def append_row(path, row: dict) -> None:
     """One finished measurement appended (and fsynced) to a CSV, so a killed run loses only the one
     it was making; the header comes with the first row."""
@@ -109,16 +117,19 @@ def bootstrap_mean(values, minus=None, draws: int = 10000, seed: int = 0) -> tup
     return centre, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def study_parser(doc: str, out, seeds: int = 3):
-    """The options every resumable training study shares: its CSV, seeds, this worker's share and threads."""
+def study_parser(doc: str, out, seeds: int | None = 3, summary: bool = True):
+    """The options every resumable training study shares: its CSV, seeds, this worker's share and threads
+    (``seeds=None`` / ``summary=False``: a study without those options)."""
     import argparse
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=out)
-    parser.add_argument("--seeds", type=int, default=seeds)
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, default=seeds)
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--summary", action="store_true")
+    if summary:
+        parser.add_argument("--summary", action="store_true")
     return parser

@@ -16,7 +16,6 @@ without training again. Resumable, worker k of n takes every n-th cell.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import replace
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from common import append_row, study_parser
-from ground_truth import DEFAULT_OUT as GROUND_TRUTH, macro_config, scoring_setup
+from common import append_row, read_rows, study_parser
+from ground_truth import DEFAULT_OUT as GROUND_TRUTH, macro_config, training_split
 
 RESULTS = Path(__file__).parent / "results"
 VALIDATION = 1000  # refinement's default --validation
@@ -50,19 +49,15 @@ def short_training(genotype: str, data, epochs: int, images: int, seed: int = 0)
 
 
 def main(argv=None) -> None:
-    parser = study_parser(__doc__, RESULTS / "early_training_fmnist_mini.csv", seeds=1)
+    parser = study_parser(__doc__, RESULTS / "early_training_fmnist_mini.csv", seeds=None, summary=False)
     parser.add_argument("--truth", type=Path, default=GROUND_TRUTH)
     parser.add_argument("--epochs", type=int, default=2, help="rungs: validation after each epoch")
     parser.add_argument("--images", type=int, default=1000, help="training images per rung")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    with open(args.truth, newline="") as f:
-        genotypes = list(dict.fromkeys(r["genotype"] for r in csv.DictReader(f)))
-    done = set()
-    if args.out.exists():
-        with open(args.out, newline="") as f:
-            done = {r["genotype"] for r in csv.DictReader(f)}
-    data = scoring_setup(None)[0]  # the ground truth's training split, its validation images removed
+    genotypes = list(dict.fromkeys(r["genotype"] for r in read_rows(args.truth)))
+    done = {r["genotype"] for r in read_rows(args.out)}
+    data = training_split(None)[0]  # the ground truth's training split, its validation images removed
     for i, genotype in enumerate(genotypes):
         if i % args.workers == args.worker and genotype not in done:
             row = short_training(genotype, data, args.epochs, args.images)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import append_row, study_parser
+from common import append_row, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,10 +80,7 @@ def main(argv=None) -> None:
     from spikernel.data.datasets import load_dataset
 
     torch.set_num_threads(args.threads)
-    done = set()
-    if out.exists():
-        with open(out, newline="") as f:
-            done = {r["genotype"] for r in csv.DictReader(f)}
+    done = {r["genotype"] for r in read_rows(out)}
     data = load_dataset("fashion-mnist-mini")
     for i, genotype in enumerate(cells(args.cells)):
         if i % args.workers == args.worker and genotype not in done:

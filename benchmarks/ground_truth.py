@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import append_row
+from common import append_row, read_rows
 
 from spikernel.data.datasets import load_dataset
 from spikernel.nn.footprint import footprint
@@ -88,20 +88,21 @@ def parts(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f"{out.stem}.part*.csv"))
 
 
+def training_split(data_dir: str | None):
+    """The embedded subset without its validation images, and those: (data, validation split)."""
+    return load_dataset("fashion-mnist-mini", data_dir).holdout(VALIDATION, seed=0)
+
+
 def scoring_setup(data_dir: str | None):
     """The training split with validation held out, the macro at its shape, and the labelled
     scoring batches every proxy is computed on: (data, validation split, macro, batches, labels)."""
-    full = load_dataset("fashion-mnist-mini", data_dir)
-    data, val = full.holdout(VALIDATION, seed=0)
+    data, val = training_split(data_dir)
     batches, labels = labelled_batches(data.train.images, data.train.labels, SCORING["batch"], SCORING["repeats"], 0)
     return data, val, macro_config().for_data(data), [data.normalize(b) for b in batches], labels
 
 
 def done_keys(path: Path) -> set[tuple[str, int]]:
-    if not path.exists():
-        return set()
-    with open(path, newline="") as f:
-        return {(row["genotype"], int(row["seed"])) for row in csv.DictReader(f)}
+    return {(row["genotype"], int(row["seed"])) for row in read_rows(path)}
 
 
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -> dict:
@@ -147,8 +148,7 @@ def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
     _, _, macro, batches, labels = scoring_setup(data_dir)
     cache: dict[str, dict] = {}
     for part in parts(out):
-        with open(part, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_rows(part)
         for row in rows:
             if row["genotype"] not in cache:
                 cache[row["genotype"]] = proxy_rows([row["genotype"]], macro, batches, labels, names, seed=0)[0]
@@ -164,10 +164,7 @@ def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
 
 
 def merge(out: Path) -> None:
-    rows = []
-    for part in parts(out):
-        with open(part, newline="") as f:
-            rows += list(csv.DictReader(f))
+    rows = [row for part in parts(out) for row in read_rows(part)]
     rows.sort(key=lambda r: (int(r["params"]), r["genotype"], int(r["seed"])))
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from scipy.stats import ttest_ind
 
-from common import append_row, bootstrap_mean, study_parser
+from common import append_row, bootstrap_mean, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
 SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
@@ -103,10 +103,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.out.exists():
-        with open(args.out, newline="") as f:
-            done = {(r["arm"], int(r["seed"])) for r in csv.DictReader(f)}
+    done = {(r["arm"], int(r["seed"])) for r in read_rows(args.out)}
     data = load_dataset("fashion-mnist-mini")
     for i, (arm, seed) in enumerate(plan(args.seeds)):
         if i % args.workers == args.worker and (arm, seed) not in done:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import append_row, bootstrap_mean, study_parser
+from common import append_row, bootstrap_mean, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
@@ -49,10 +49,7 @@ def plan(arms, cells, seeds) -> list[tuple[str, str, int]]:
 
 
 def done_keys(path: Path) -> set[tuple[str, str, int]]:
-    if not path.exists():
-        return set()
-    with open(path, newline="") as f:
-        return {(r["arm"], r["genotype"], int(r["seed"])) for r in csv.DictReader(f)}
+    return {(r["arm"], r["genotype"], int(r["seed"])) for r in read_rows(path)}
 
 
 def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int, timesteps: int | None = None) -> dict:

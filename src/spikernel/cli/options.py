@@ -6,7 +6,8 @@ import click
 
 from spikernel.errors import SpikernelError
 from spikernel.nas import SAMPLERS
-from spikernel.proxy import DEFAULT_PROXY, PROXY_NAMES
+from spikernel.proxy import PROXY_NAMES
+from spikernel.selection.settings import SEARCH_DEFAULTS
 from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
 from spikernel.nn.macro import ENCODING_NAMES, NAMED, PRESETS, parse_values
 from spikernel.space.genotype import CELL_TYPES, Genotype, KernelSet
@@ -137,24 +138,26 @@ def selection_options(f):
     """How candidates are drawn and picked, and the budgets beside memory: the same options on
     ``search``, ``explore`` and ``run``."""
     options = [
-        click.option("--sampler", type=click.Choice(SAMPLERS), default="random", show_default=True,
+        click.option("--sampler", type=click.Choice(SAMPLERS), default=SEARCH_DEFAULTS["sampler"], show_default=True,
                      help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint, and energy: "
                           "--objectives)."),
         click.option("--objectives", help=OBJECTIVES_HELP),
-        click.option("--proxy", type=click.Choice(PROXY_NAMES), default=DEFAULT_PROXY, show_default=True,
+        click.option("--proxy", type=click.Choice(PROXY_NAMES), default=SEARCH_DEFAULTS["proxy"], show_default=True,
                      help="What candidates are ranked by (docs/EVIDENCE.md: how well each ranks trained accuracy)."),
         click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron."),
         click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits]."),
         click.option("--energy-budget", help="Energy (5uJ, 800nJ) or synaptic operations (2MSOP) per inference, "
                                              "estimated from each candidate's spikes at initialisation on the first "
                                              "scoring batch."),
-        click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--refine", type=click.IntRange(min=0), default=SEARCH_DEFAULTS["refine"], show_default=True,
                      help="Train the best K briefly on a validation split (successive halving) and pick by "
                           "validation accuracy."),
-        click.option("--refine-epochs", type=click.IntRange(min=1), default=2, show_default=True),
-        click.option("--refine-images", type=click.IntRange(min=1), default=1000, show_default=True,
+        click.option("--refine-epochs", type=click.IntRange(min=1), default=SEARCH_DEFAULTS["refine_epochs"],
+                     show_default=True),
+        click.option("--refine-images", type=click.IntRange(min=1), default=SEARCH_DEFAULTS["refine_images"],
+                     show_default=True,
                      help="Training images each refined candidate trains on per epoch."),
-        click.option("--validation", type=click.IntRange(min=1), default=1000, show_default=True,
+        click.option("--validation", type=click.IntRange(min=1), default=SEARCH_DEFAULTS["validation"], show_default=True,
                      help="Training images held out for refinement's validation accuracy."),
     ]
     for option in reversed(options):

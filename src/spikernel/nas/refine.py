@@ -62,8 +62,8 @@ def refine(shortlist: Sequence[Candidate], data: Dataset, macro: MacroConfig, ou
     study = _open(out)
     finished = {t.user_attrs[GENOTYPE_ATTR]: t for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-    limits = [n for n in (images, limit_train) if n is not None]
-    config = recipe(recipe_name, epochs=epochs, seed=seed, limit_train=min(limits) if limits else None)
+    limit = min((n for n in (images, limit_train) if n is not None), default=None)
+    config = recipe(recipe_name, epochs=epochs, seed=seed, limit_train=limit)
     for number, candidate in enumerate(shortlist):
         name = candidate.name  # the genotype alone without macro dimensions: older refine.db files resume
         emit(on_event, "refine", done=number, total=len(shortlist), info=name)
