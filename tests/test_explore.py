@@ -165,3 +165,38 @@ def test_explore_selection_options_bad_input_is_one_line(tmp_path, args, error):
     code, _, err = cli("explore", "-p", "fmnist-tiny", *args, "--out", str(tmp_path / "x"))
     assert code == 2 and err.count("\n") == 1 and error in err, err
     assert not (tmp_path / "x").exists()
+
+
+def _trained(kernel_set, encoding, accuracies):
+    return [{"genotype": "0002 0000 0000 0000", "params": 100, "footprint_bytes": 400, "score": 1.0, "seed": seed,
+             "choice": {"encoding": encoding}, "candidate": f"{kernel_set} [encoding={encoding}]", "test_acc": acc}
+            for seed, acc in enumerate(accuracies)]
+
+
+def test_the_report_answers_whether_the_best_kernel_set_changes_with_the_encoding(tmp_path):
+    from spikernel.selection.report import (KernelSetResult, Study, encoding_answer, encoding_table,
+                                            investigation_table, write_report)
+
+    small = _trained("1x1_3x3", "direct", [0.90, 0.91, 0.92]) + _trained("1x1_3x3", "poisson", [0.80, 0.81, 0.79])
+    large = _trained("1x1_7x7", "direct", [0.85, 0.86, 0.84]) + _trained("1x1_7x7", "poisson", [0.80, 0.82, 0.81])
+    study = Study({"budget": "100K", "top_k": 1, "seeds": 3},
+                  [KernelSetResult("1x1_3x3", trained=small), KernelSetResult("1x1_7x7", trained=large)])
+    direct, poisson = encoding_table(study)
+    assert direct["encoding"] == "direct" and direct["best kernel set"] == "1x1_3x3"
+    assert direct["difference (points)"] == pytest.approx(6.0) and direct["beyond noise"] == "yes"
+    assert direct["its mean (%)"] == pytest.approx(91.0) and direct["trainings"] == 3
+    assert poisson["best kernel set"] == "1x1_7x7" and poisson["beyond noise"] == "no"  # 1 point apart, each set's sd 1
+    assert poisson["permutation p"] >= 0.1  # the exact floor of 3 vs 3
+    answer = encoding_answer([direct, poisson])
+    assert answer.startswith("The best kernel set changes with the encoding (direct: 1x1_3x3, poisson: 1x1_7x7)")
+    assert "beyond the seed noise for direct." in answer
+    assert encoding_answer([{**direct, "beyond noise": "no"}, {**poisson, "best kernel set": "1x1_3x3"}]).startswith(
+        "The best kernel set is the same for every encoding")
+    # with one encoding there is nothing to compare, and the pooled investigation is unchanged by the split
+    one = Study(study.settings, [KernelSetResult(r.kernel_set, trained=[t for t in r.trained
+                                                                        if t["choice"]["encoding"] == "direct"])
+                                 for r in study.results])
+    assert encoding_table(one) == [] and len(investigation_table(study)) == 2
+    result = write_report(study, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert result["encodings"] == [direct, poisson] and "### poisson input" in text and answer.strip() in text

@@ -124,12 +124,14 @@ def explore_command(out, **options):
 def report_command(folder, out):
     """Write report.md and figures (PNG, SVG) from an exploration folder's stored results."""
     from spikernel.selection.explore import load_study
-    from spikernel.selection.report import write_report
+    from spikernel.selection.report import encoding_answer, write_report
 
     study = load_study(folder)
     out = out or folder / "report"
     result = write_report(study, out)
     Console().print(main_table(result["table"]))
+    if result["encodings"]:
+        click.echo(encoding_answer(result["encodings"]).strip())
     for line in study.missing:
         click.echo(f"missing: {line}", err=True)
     click.echo(f"report: {out / 'report.md'} ({len(result['figures'])} figures)")

@@ -125,9 +125,9 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     open_study(out, settings)
     for kernel_set in settings.kernel_sets:
         emit(on_event, "explore", message=f"search {kernel_set}")
-        found = search(kernel_set, macro, data, out=out / kernel_set / "search", device=device, on_event=on_event,
-                       **settings.search_options())
-        for row in picked_rows(found.selection, settings.top_k):
+        search_dir = out / kernel_set / "search"
+        search(kernel_set, macro, data, out=search_dir, device=device, on_event=on_event, **settings.search_options())
+        for row in rows_to_train(search_dir, settings.top_k, macro.names):  # from its files, as a report reads them
             choice = choice_of(row, macro.names)
             for offset in range(settings.seeds):
                 emit(on_event, "explore", message=f"train {kernel_set} {candidate_name(row['genotype'], choice)} "
@@ -138,16 +138,46 @@ def explore(settings: ExploreSettings, out: Path, data_dir: str | None = None,
     return load_study(out)
 
 
-def picked_rows(selection: dict, k: int) -> list[dict]:
-    """The K cells of a search to train: its top list, the refined ones first in refinement's order."""
-    top = selection["top"]
+# Searched settings whose values are compared rather than chosen between: the top-K is per value.
+# A score of spikes from another encoding is not comparable (a Poisson input's patterns differ by
+# chance), and the report compares kernel sets within each encoding.
+COMPARED = ("encoding",)
+
+
+def picked_rows(selection: dict, k: int, candidates: list[dict] = (), dimensions=()) -> list[dict]:
+    """The cells of a search to train: its K best, the refined ones first in refinement's order; when a
+    ``COMPARED`` setting is searched, the K best of each of its values (from the ``candidates`` rows)."""
+    compared = [d for d in dimensions if d in COMPARED]
+    if not compared:
+        return _refined_first(selection, selection["top"], dimensions)[:k]
+    scored = sorted((c for c in candidates if c.get("status") == "scored" and c.get("score") is not None),
+                    key=lambda c: -c["score"])  # stable: ties keep trial order
+    taken: dict[tuple, int] = {}
+    picks = []
+    for row in _refined_first(selection, scored, dimensions):
+        value = tuple(row[d] for d in compared)
+        if taken.get(value, 0) < k:
+            picks.append(row)
+            taken[value] = taken.get(value, 0) + 1
+    return picks
+
+
+def _refined_first(selection: dict, rows: list[dict], dimensions) -> list[dict]:
     refined = selection.get("refined")
-    if refined:
-        order = {outcome["name"]: i for i, outcome in enumerate(refined["outcomes"])}
-        dims = tuple(selection.get("macro_dimensions") or {})
-        name = lambda row: candidate_name(row["genotype"], choice_of(row, dims))  # noqa: E731
-        top = sorted(top, key=lambda row: order.get(name(row), len(order)))  # stable: the rest keep score order
-    return top[:k]
+    if not refined:
+        return list(rows)
+    order = {outcome["name"]: i for i, outcome in enumerate(refined["outcomes"])}
+    name = lambda row: candidate_name(row["genotype"], choice_of(row, dimensions))  # noqa: E731
+    return sorted(rows, key=lambda row: order.get(name(row), len(order)))  # stable: the rest keep score order
+
+
+def rows_to_train(search_dir: Path, k: int, dimensions=()) -> list[dict]:
+    """``picked_rows`` of a finished search folder."""
+    selection = read_json(search_dir / "selection.json")
+    dims = tuple(selection.get("macro_dimensions") or dimensions)
+    compared = any(d in COMPARED for d in dims)
+    rows = read_candidates(search_dir / "candidates.csv", dims) if compared else ()
+    return picked_rows(selection, k, rows, dims)
 
 
 # --------------------------------------------------------------------------- reading back
@@ -211,7 +241,7 @@ def load_study(out: Path) -> Study:
             result.candidates = read_candidates(search_dir / "candidates.csv", names)
             report = read_json(search_dir / "search.json")
             result.search_seconds = report.get("time", {}).get("scoring_seconds_total")
-            for row in picked_rows(read_json(search_dir / "selection.json"), settings.top_k):
+            for row in rows_to_train(search_dir, settings.top_k, names):
                 choice = choice_of(row, names)
                 name = candidate_name(row["genotype"], choice)
                 for offset in range(settings.seeds):

@@ -204,16 +204,68 @@ def investigation_table(study: Study, permutations: int = 10_000) -> list[dict]:
         row = {"kernel set": name, "trainings": len(a), "mean (%)": a.mean(), "sd (points)": a.std(ddof=1) if len(a) > 1 else None,
                "95% CI (%)": f"[{a.mean() - half:.2f}, {a.mean() + half:.2f}]" if len(a) > 1 else "-"}
         if name != base_name:
-            b = np.asarray(base)
-            diff = a.mean() - b.mean()
-            boot = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(2000)]
-            row.update({f"vs {base_name} (points)": diff,
-                        "diff 95% CI": f"[{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]",
-                        "permutation p": permutation_p(a, b, permutations, rng),
-                        "Welch p": float(stats.ttest_ind(a, b, equal_var=False).pvalue) if min(len(a), len(b)) > 1
-                        else None})
+            test = _difference(a, np.asarray(base), permutations, rng)
+            row.update({f"vs {base_name} (points)": test["diff (points)"],
+                        "diff 95% CI": f"[{test['lower']:+.2f}, {test['upper']:+.2f}]",
+                        "permutation p": test["permutation p"], "Welch p": test["Welch p"]})
         rows.append(row)
     return rows
+
+
+def encoding_of(row: dict) -> str:
+    return row.get("choice", {}).get("encoding", "direct")
+
+
+def by_encoding(study: Study) -> dict[str, Study]:
+    """The study's trainings split by their input encoding: one study per encoding trained (the
+    search's encoding dimension), each with every kernel set."""
+    encodings = sorted({encoding_of(t) for r in study.results for t in r.trained})
+    return {enc: Study(study.settings, [KernelSetResult(r.kernel_set, trained=[t for t in r.trained if encoding_of(t) == enc])
+                                        for r in study.results]) for enc in encodings}
+
+
+def encoding_table(study: Study, permutations: int = 10_000) -> list[dict]:
+    """Does the best kernel set change with the encoding? Per encoding trained: the set with the best
+    mean accuracy (over every training of its top-K cells) against the runner-up, the difference with
+    a bootstrap 95% interval and the tests of ``investigation_table``; "beyond noise" when the interval
+    excludes 0."""
+    split = by_encoding(study)
+    rows = []
+    for enc, part in split.items() if len(split) > 1 else ():
+        samples = {r.kernel_set: np.array([100 * t["test_acc"] for t in r.trained]) for r in part.results
+                   if len(r.trained) > 1}
+        if len(samples) < 2:
+            continue
+        (best, a), (second, b) = sorted(samples.items(), key=lambda item: -item[1].mean())[:2]
+        test = _difference(a, b, permutations, np.random.default_rng(0))
+        rows.append({"encoding": enc, "best kernel set": best, "its mean (%)": a.mean(), "trainings": len(a),
+                     "runner-up": second, "runner-up mean (%)": b.mean(), "difference (points)": test["diff (points)"],
+                     "diff 95% CI": f"[{test['lower']:+.2f}, {test['upper']:+.2f}]",
+                     "permutation p": test["permutation p"], "Welch p": test["Welch p"],
+                     "beyond noise": "yes" if test["lower"] > 0 else "no"})
+    return rows
+
+
+def encoding_answer(rows: list[dict]) -> str:
+    """One sentence from ``encoding_table``'s rows."""
+    best = {r["encoding"]: r["best kernel set"] for r in rows}
+    if len(best) < 2:
+        return ""
+    sure = [r["encoding"] for r in rows if r["beyond noise"] == "yes"]
+    verdict = ("The best kernel set is the same for every encoding" if len(set(best.values())) == 1
+               else "The best kernel set changes with the encoding")
+    noise = (f"; beyond the seed noise for {', '.join(sure)}" if sure else "; for no encoding beyond the seed noise")
+    return f"{verdict} ({', '.join(f'{e}: {k}' for e, k in best.items())}){noise}.\n"
+
+
+def _difference(a: np.ndarray, b: np.ndarray, permutations: int, rng: np.random.Generator) -> dict:
+    """mean(a) - mean(b) with a bootstrap 95% interval, the permutation and Welch p-values."""
+    from scipy import stats
+
+    boot = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(2000)]
+    return {"diff (points)": a.mean() - b.mean(), "lower": float(np.percentile(boot, 2.5)),
+            "upper": float(np.percentile(boot, 97.5)), "permutation p": permutation_p(a, b, permutations, rng),
+            "Welch p": float(stats.ttest_ind(a, b, equal_var=False).pvalue) if min(len(a), len(b)) > 1 else None}
 
 
 def permutation_p(a: np.ndarray, b: np.ndarray, draws: int, rng: np.random.Generator) -> float:
@@ -443,6 +495,7 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         figures += ablation_figure(ablation, out)
     table = main_table(study)
     investigation = investigation_table(study)
+    encodings = encoding_table(study)
     s = study.settings
     parts = [
         "# spikernel exploration report\n",
@@ -454,8 +507,10 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         ENERGY_NOTE + "![accuracy vs energy](accuracy_vs_energy.png)\n" if has_energy else "",
         *(["## Do larger kernels help? (kernel-size investigation)\n",
             f"Every trained accuracy of each set's top-{s.get('top_k')} cells under {s.get('seeds', 1)} seed(s), "
-            f"budget {s.get('budget') or 'none'}, the same training per arm.\n\n", markdown(investigation)]
+            f"budget {s.get('budget') or 'none'}, the same training per arm"
+            + (" (every encoding pooled: per encoding below)" if encodings else "") + ".\n\n", markdown(investigation)]
           if investigation else []),
+        *_encoding_section(study, encodings),
         "## Budget analysis\n", markdown(budget_table(study, default_budgets(study))),
         "## Training-free score vs trained accuracy\n", markdown(correlation_table(study)),
         "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",
@@ -469,8 +524,19 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
     if study.missing:
         parts += ["## Missing\n", "".join(f"- {m}\n" for m in study.missing)]
     write_text(out / "report.md", "\n".join(parts))
-    return {"table": table, "investigation": investigation, "figures": [str(p) for p in figures],
-            "missing": study.missing}
+    return {"table": table, "investigation": investigation, "encodings": encodings,
+            "figures": [str(p) for p in figures], "missing": study.missing}
+
+
+def _encoding_section(study: Study, rows: list[dict]) -> list[str]:
+    """The investigation per input encoding, when the search compared encodings (the tables above
+    pool them)."""
+    if not rows:
+        return []
+    parts = ["## Does the best kernel set change with the input encoding?\n", encoding_answer(rows), markdown(rows)]
+    for enc, part in by_encoding(study).items():
+        parts += [f"### {enc} input\n", markdown(investigation_table(part))]
+    return parts
 
 
 def _search_sections(searched: bool, dimensions: bool) -> list[str]:
@@ -499,7 +565,8 @@ def _search_report(study: Study, out: Path, figures: list[Path]) -> dict:
         *_search_sections(bool(result.scored), bool(dims) and bool(result.scored)),
     ]
     write_text(out / "report.md", "\n".join(parts))
-    return {"table": search_table(study), "investigation": [], "figures": [str(p) for p in figures], "missing": []}
+    return {"table": search_table(study), "investigation": [], "encodings": [], "figures": [str(p) for p in figures],
+            "missing": []}
 
 
 def search_table(study: Study) -> list[dict]:
