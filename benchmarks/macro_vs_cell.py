@@ -1,16 +1,18 @@
 """Does searching the macro-architecture beside the cell buy accuracy under the main job's budget?
 
-Two arms, the same search otherwise (kernel set, candidates, scoring batches, budget, SAHD, the main
+Four arms, the same search otherwise (kernel set, candidates, scoring batches, budget, SAHD, the main
 job's T = 2): ``cell``, the cell alone at the ``fmnist-small`` preset (what the main job searches),
 and ``macro+cell``, the cell with width (up to the preset's), head hidden width and the pooling before
-the head searched beside it. Each arm's pick is trained under several seeds for the main job's four
-epochs (the same width and T in both arms, so about the same time; each training's seconds are
+the head searched beside it; each also with ``--refine 4`` (``+refine4``: SAHD's best four trained
+briefly on a validation split, the pick by validation accuracy), since within a size SAHD carries
+little signal. Each arm's pick is trained under several seeds for the main job's four epochs (the same
+width and T in every arm, so about the same time; each training's seconds and the refinement's are
 recorded), on the embedded Fashion-MNIST subset, and tested on its test split.
 
 Resumable and parallel: worker k of n takes every n-th (arm, seed); with two workers each arm
-is one worker's, so each searches its own arm. Each finished training is one line appended to the
+is one worker's, so each searches its own arms. Each finished training is one line appended to the
 CSV; ``--summary`` gives per arm mean and sd over seeds (the noise floor: the same network, another
-seed) and the difference with a 95% bootstrap interval and Welch's p-value.
+seed) and the differences of ``COMPARISONS`` with a 95% bootstrap interval and Welch's p-value.
 
     python benchmarks/macro_vs_cell.py --worker 0 --workers 2 &
     python benchmarks/macro_vs_cell.py --worker 1 --workers 2 &
@@ -34,7 +36,13 @@ RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
 SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
 # Widths up to the preset's 16, so that an epoch costs about the same in both arms and equal time
 # means about equal epochs; the head and the pooling before it are where the preset's parameters are.
-ARMS = {"cell": {}, "macro+cell": {"width": (8, 16), "hidden": (32, 64, 128), "second_pool": (2, 4, 7)}}
+MACRO = {"width": (8, 16), "hidden": (32, 64, 128), "second_pool": (2, 4, 7)}
+# Each arm: the searched macro settings, and how many of SAHD's best it refines (`--refine K`: the pick
+# by validation accuracy after short trainings, docs/EVIDENCE.md), 0 for SAHD's own pick.
+ARMS = {"cell": ({}, 0), "macro+cell": (MACRO, 0), "cell+refine4": ({}, 4), "macro+cell+refine4": (MACRO, 4)}
+# Differences the summary tests: (arm, against).
+COMPARISONS = (("macro+cell", "cell"), ("macro+cell+refine4", "cell+refine4"), ("macro+cell+refine4", "cell"),
+               ("cell+refine4", "cell"))
 
 
 def plan(seeds: int) -> list[tuple[str, int]]:
@@ -42,36 +50,39 @@ def plan(seeds: int) -> list[tuple[str, int]]:
 
 
 def pick(arm: str, data, work: Path):
-    """The arm's search (resumed from ``work`` if it ran before) and its pick: (genotype, macro)."""
+    """The arm's search (resumed from ``work`` if it ran before; its ``best`` is the pick)."""
     from spikernel.nas.run import search
     from spikernel.nn.macro import MacroSpace, get_preset
 
-    space = MacroSpace.of(get_preset("fmnist-small", timesteps=2), ARMS[arm])
-    found = search(SEARCH["kernels"], space, data, out=work / arm.replace("+", "-"), device="cpu",
+    dimensions, refine = ARMS[arm]
+    space = MacroSpace.of(get_preset("fmnist-small", timesteps=2), dimensions)
+    found = search(SEARCH["kernels"], space, data, out=work / arm.replace("+", "-"), device="cpu", refine=refine,
                    **{k: v for k, v in SEARCH.items() if k != "kernels"})
-    return found.best.genotype, found.best.macro
+    return found
 
 
 def train_one(arm: str, seed: int, data, work: Path, epochs: int) -> dict:
     from spikernel.training.recipe import recipe
     from spikernel.training.run import train
 
-    genotype, macro = pick(arm, data, work)
+    found = pick(arm, data, work)
+    genotype, macro = found.best.genotype, found.best.macro
     started = time.perf_counter()
     result = train(genotype, data, macro=macro, config=recipe("fast", epochs=epochs, seed=seed), device="cpu")
     history = result.result["history"]
     return {"arm": arm, "genotype": str(genotype), "width": macro.width, "hidden": macro.hidden,
             "second_pool": macro.second_pool, "timesteps": macro.timesteps, "params": result.result["params"],
             "seed": seed, "epochs": len(history), "test_acc": round(result.test_acc, 5),
-            "seconds": round(time.perf_counter() - started, 1), "search": json.dumps(SEARCH)}
+            "seconds": round(time.perf_counter() - started, 1), "search": json.dumps(SEARCH),
+            "refine": ARMS[arm][1], "refine_seconds": (found.selection.get("refined") or {}).get("seconds")}
 
 
 def summary(path: Path) -> str:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     acc = {arm: [100 * float(r["test_acc"]) for r in rows if r["arm"] == arm] for arm in ARMS}
-    lines = ["| arm | pick | params | epochs | n (seeds) | mean test acc (%) | sd over seeds | mean s per training |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | pick | params | epochs | n (seeds) | mean test acc (%) | sd over seeds | mean s per training "
+             "| refinement s |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]
         if not mine:
@@ -79,15 +90,18 @@ def summary(path: Path) -> str:
         r = mine[0]
         at = f" at width {r['width']}, hidden {r['hidden']}, pool {r['second_pool']}"
         sd = f"{statistics.stdev(acc[arm]):.2f}" if len(acc[arm]) > 1 else "—"
+        refined = f"{float(r['refine_seconds']):.0f}" if r.get("refine_seconds") else "-"
         lines.append(f"| {arm} | `{r['genotype']}`{at} | {int(r['params']):,} | "
                      f"{', '.join(sorted({m['epochs'] for m in mine}))} | {len(mine)} | "
-                     f"{statistics.fmean(acc[arm]):.2f} | {sd} | {statistics.fmean(float(m['seconds']) for m in mine):.0f} |")
-    a, b = acc["macro+cell"], acc["cell"]
-    if len(a) > 1 and len(b) > 1:
-        diff, low, high = bootstrap_mean(a, minus=b)
-        p = ttest_ind(a, b, equal_var=False).pvalue
-        lines.append(f"\nmacro+cell - cell: {diff:+.2f} points, 95% bootstrap interval [{low:+.2f}, {high:+.2f}], "
-                     f"Welch p = {p:.3f}")
+                     f"{statistics.fmean(acc[arm]):.2f} | {sd} | {statistics.fmean(float(m['seconds']) for m in mine):.0f} | {refined} |")
+    lines.append("")
+    for arm, against in COMPARISONS:
+        a, b = acc[arm], acc[against]
+        if len(a) > 1 and len(b) > 1:
+            diff, low, high = bootstrap_mean(a, minus=b)
+            p = ttest_ind(a, b, equal_var=False).pvalue
+            lines.append(f"- {arm} - {against}: {diff:+.2f} points, 95% bootstrap interval [{low:+.2f}, {high:+.2f}], "
+                         f"Welch p = {p:.3f}")
     return "\n".join(lines)
 
 
