@@ -74,7 +74,14 @@ def train_one(arm: str, seed: int, data, work: Path, epochs: int) -> dict:
             "second_pool": macro.second_pool, "timesteps": macro.timesteps, "params": result.result["params"],
             "seed": seed, "epochs": len(history), "test_acc": round(result.test_acc, 5),
             "seconds": round(time.perf_counter() - started, 1), "search": json.dumps(SEARCH),
-            "refine": ARMS[arm][1], "refine_seconds": (found.selection.get("refined") or {}).get("seconds")}
+            "refine": ARMS[arm][1], "refine_seconds": refine_seconds(found.selection)}
+
+
+def refine_seconds(selection: dict) -> float | None:
+    """The refinement's training time, summed over its candidates (kept per trial, so a resumed
+    search reports the first run's, not the resume's)."""
+    refined = selection.get("refined")
+    return round(sum(o["seconds"] for o in refined["outcomes"]), 1) if refined else None
 
 
 def summary(path: Path) -> str:
