@@ -181,6 +181,58 @@ def test_the_stem_runs_on_spikes_with_batch_statistics_per_step(encoding):
         assert not torch.equal(y[0], y[-1])
 
 
+def test_per_step_averages_normalise_each_step_as_training_did():
+    """One running average for steps whose statistics differ is none of them (a latency-coded
+    network trained so tested at 27%, 79% in training); per-step averages are each step's."""
+    from spikernel.nn.layers import TimestepBatchNorm2d
+
+    steps = torch.arange(4.0).view(4, 1, 1, 1, 1)
+    x = torch.randn(4, 16, 3, 5, 5) * (1 + steps) + 2 * steps  # every step its own mean and spread
+    shared, per_step = TimestepBatchNorm2d(3), TimestepBatchNorm2d(3)
+    per_step.track_steps(4)
+    for bn in (shared, per_step):
+        bn.momentum = 1.0  # the running averages become this batch's statistics
+    trained = per_step.train()(x)
+    assert torch.equal(trained, shared.train()(x))  # training normalises as before: per step
+    evaluated = per_step.eval()(x)
+    torch.testing.assert_close(evaluated, trained, atol=1e-2, rtol=1e-2)  # (the running variance is unbiased)
+    assert (shared.eval()(x) - trained).abs().max() > 1  # one average for all four steps
+    assert torch.equal(torch.cat([per_step(x[t : t + 1]) for t in range(4)]), evaluated)  # steps in order
+    assert per_step.cursor == 0
+    per_step(x[:3])
+    with pytest.raises(ValueError, match="rewind"):
+        per_step(x[:2])
+
+
+@pytest.mark.parametrize("encoding", SPIKING)
+def test_spike_encoded_networks_keep_averages_per_step_and_fold_them(encoding):
+    from spikernel.deploy.fold import fold, is_folded
+    from spikernel.deploy.quantize import deployed_size
+    from spikernel.nn.footprint import footprint
+    from spikernel.nn.layers import TimestepBatchNorm2d
+    from spikernel.space.genotype import Genotype
+
+    net = build_model(GENOTYPE, at(encoding))
+    norms = [m for m in net.modules() if isinstance(m, TimestepBatchNorm2d)]
+    assert all(m.steps == TINY.timesteps and m.running_mean.shape == (TINY.timesteps, m.num_features) for m in norms)
+    assert not any(m.steps for m in build_model(GENOTYPE, TINY).modules() if isinstance(m, TimestepBatchNorm2d))
+    for m in norms:  # distinct averages per step, so that folding them per step is what is tested
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    folded = fold(net)
+    assert is_folded(folded)
+    x = images()
+    torch.manual_seed(4)
+    expected = net(x)
+    torch.manual_seed(4)
+    torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+    stored = sum(p.numel() for m in folded.modules() if type(m).__name__ in ("StepAffine", "ChannelAffine")
+                 for p in m.parameters()) + sum(m.bias.numel() for m in folded.modules()
+                                                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None)
+    assert deployed_size(footprint(Genotype.parse(GENOTYPE), at(encoding)), at(encoding), 32).vectors == stored
+
+
 @pytest.mark.parametrize("encoding", SPIKING)
 def test_fire_sees_the_spikes_of_forward_steps(encoding):
     """The scorer's step-by-step pass draws the input spikes once, as the full forward does."""
@@ -343,8 +395,6 @@ def test_train_and_score_take_the_encoding(tmp_path):
 
 
 def test_an_exploration_trains_the_best_of_each_encoding_at_its_own_encoding(tmp_path):
-    import csv
-
     from spikernel.selection.explore import explore
 
     settings = ExploreSettings(kernel_sets=("1x1_3x3",), preset="fmnist-tiny", timesteps=2, candidates=6, top_k=1,

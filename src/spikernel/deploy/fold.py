@@ -39,9 +39,29 @@ class ChannelAffine(nn.Module):
         return f"{self.scale.numel()}"
 
 
+class StepAffine(ChannelAffine):
+    """``y[t] = x[t] * scale[t, c] + shift[t, c]``: a BatchNorm with running averages per timestep
+    (spike encodings) folded; it takes the steps in order from ``cursor``, as that BatchNorm did."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__(scale, shift)
+        self.steps, self.cursor = scale.shape[0], 0
+
+    def rewind(self) -> None:
+        self.cursor = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, self.cursor = self.cursor, (self.cursor + x.shape[0]) % self.steps
+        shape = (x.shape[0], 1, -1, 1, 1)
+        return x * self.scale[first : first + x.shape[0]].view(shape) + self.shift[first : first + x.shape[0]].view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.steps} x {self.scale.shape[1]}"
+
+
 @torch.no_grad()
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode BatchNorm as (scale, shift) per channel."""
+    """The eval-mode BatchNorm as (scale, shift) per channel ([T, C] with averages per step)."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.affine:
         scale = scale * bn.weight
@@ -72,7 +92,9 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
     modules = list(seq)
     out = []
     for i, module in enumerate(modules):
-        if isinstance(module, nn.BatchNorm2d):
+        if getattr(module, "steps", None):  # per-step averages: no single convolution absorbs them
+            out.append(StepAffine(*bn_affine(module)))
+        elif isinstance(module, nn.BatchNorm2d):
             if out and isinstance(out[-1], nn.Conv2d) and out[-1] is modules[i - 1]:
                 out[-1] = fold_conv(out[-1], module)
             else:

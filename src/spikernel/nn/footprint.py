@@ -83,10 +83,15 @@ def footprint(genotype: Genotype, macro: MacroConfig) -> Footprint:
     neurons = c * s1 * s1 + 2 * c * s2 * s2 + m.hidden + cell1[2] + cell2[2]
     return Footprint(
         params=params,
-        bn_buffers=2 * bn_channels + cell1[1] + cell2[1],
+        bn_buffers=(2 * bn_channels + cell1[1] + cell2[1]) * stat_steps(macro),
         lif_neurons=neurons,
         lif_layers=3 + cell1[3] + cell2[3],
     )
+
+
+def stat_steps(macro: MacroConfig) -> int:
+    """Running averages per BatchNorm channel: one per timestep for spike-encoded input (``nn.layers``)."""
+    return macro.timesteps if macro.spiking_input else 1
 
 
 def min_footprint(macro: MacroConfig) -> Footprint:

@@ -43,6 +43,13 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
     SNASNet applies an ordinary BatchNorm once per timestep: in training each step is normalised
     by its own batch statistics and the running averages take T momentum updates. Flattening T
     into the batch would mix the steps' statistics, which changes both the score and training.
+
+    With ``track_steps(T)`` (``SNN`` calls it for spike-encoded input) the running averages are
+    per timestep too, [T, C] (BNTT's, Kim & Panda 2021), so evaluation normalises each step as
+    training did; calls take the steps in order from ``cursor`` (``rewind`` sets it to 0). A spike
+    encoding's steps differ (latency coding fires the brightest pixels first), and one running
+    average for all of them is none of them: a latency-coded network trained with shared averages
+    tested at 26.6%, and at 78.8% with its cells' BatchNorms on batch statistics instead.
     """
 
     KERNELS = ("spikingjelly", "inference")
@@ -50,8 +57,20 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, num_features: int):
         super().__init__(num_features)
         self.kernel = "spikingjelly"
+        self.steps: int | None = None  # running averages per timestep: see track_steps
+        self.cursor = 0
+
+    def track_steps(self, steps: int) -> None:
+        self.steps = steps
+        self.register_buffer("running_mean", torch.zeros(steps, self.num_features))
+        self.register_buffer("running_var", torch.ones(steps, self.num_features))
+
+    def rewind(self) -> None:
+        self.cursor = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.steps is not None:
+            return self._forward_steps(x)
         if self.training and _inference(self):
             return batch_norm_steps(self, x)
         if x.dim() == 4:
@@ -71,6 +90,24 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
         if running_mean is not None:
             self._fold_running_stats(running_mean.view(steps, channels), running_var.view(steps, channels))
         return y.view(batch, steps, channels, height, width).transpose(0, 1)
+
+    def _forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """[t, B, C, H, W], steps ``cursor`` ... ``cursor + t - 1``, each with its own statistics."""
+        count, batch, channels, height, width = x.shape
+        first, self.cursor = self.cursor, (self.cursor + count) % self.steps
+        if first + count > self.steps:
+            raise ValueError(f"steps {first}..{first + count - 1} of a BatchNorm tracking {self.steps}: rewind first")
+        if self.training and _inference(self):  # the score: batch statistics, as without track_steps
+            return batch_norm_steps(self, x)
+        y = x.permute(1, 0, 2, 3, 4).reshape(batch, count * channels, height, width)
+        weight = self.weight.repeat(count) if self.affine else None
+        bias = self.bias.repeat(count) if self.affine else None
+        # views of the rows of these steps: a training call updates them in place
+        mean, var = self.running_mean[first : first + count].view(-1), self.running_var[first : first + count].view(-1)
+        y = F.batch_norm(y, mean, var, weight, bias, self.training, self.momentum, self.eps)
+        if self.training and first == 0:
+            self.num_batches_tracked += 1
+        return y.view(batch, count, channels, height, width).transpose(0, 1)
 
     @torch.no_grad()
     def _fold_running_stats(self, means: torch.Tensor, variances: torch.Tensor) -> None:

@@ -148,6 +148,10 @@ class SNN(nn.Module):
             lif(m.tau, m.threshold),
             nn.Linear(m.hidden, m.num_classes * m.votes),
         )
+        if m.spiking_input:  # a spike encoding's steps differ: running averages per step
+            for module in self.modules():
+                if isinstance(module, TimestepBatchNorm2d):
+                    module.track_steps(m.timesteps)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -173,7 +177,7 @@ class SNN(nn.Module):
 
     def forward_steps(self, images: torch.Tensor) -> torch.Tensor:
         """Per-timestep logits [T, B, classes]. Neuron state starts from rest on every call."""
-        functional.reset_net(self)
+        self.rest()
         x = self.stem_steps(self.stem_source(images), 0, self.macro.timesteps)
         x = self.cell1(x)
         x = self.reduction(x)
@@ -192,7 +196,7 @@ class SNN(nn.Module):
         T; one step at a time holds 1/T of the activations and, on CPU, convolving B images T times
         costs what convolving T*B once does.
         """
-        functional.reset_net(self)
+        self.rest()
         steps = self.macro.timesteps
         per_pass = steps_per_pass or steps
         carries = [None, None]
@@ -203,6 +207,14 @@ class SNN(nn.Module):
             x, carries[0] = self.cell1.run(x, carries[0], carry_last=not final)
             x, carries[1] = self.cell2.run(self.reduction(x), carries[1], carry_last=not final)
             self.head[:-1](self.last(x).flatten(2))
+
+    def rest(self) -> None:
+        """Neurons at rest, and per-step statistics (spike encodings) back at step 0. (Not named
+        ``reset``: spikingjelly's ``reset_net`` calls every module's ``reset``.)"""
+        functional.reset_net(self)
+        for module in self.modules():
+            if getattr(module, "steps", None):
+                module.rewind()
 
     def stem_source(self, images: torch.Tensor) -> torch.Tensor:
         """What ``stem_steps`` takes its steps from. Direct encoding: the stem's output on the image
