@@ -416,3 +416,22 @@ def test_an_exploration_trains_the_best_of_each_encoding_at_its_own_encoding(tmp
         if row["genotype"] + enc in top:  # built at the settings the search scored it at
             assert trained == top[row["genotype"] + enc]["macro"]
     assert json.loads((tmp_path / "e" / "explore.json").read_text())["macro_values"] == {"encoding": ["direct", "latency"]}
+
+
+@pytest.mark.parametrize("encoding", SPIKING)
+def test_a_spike_encoded_network_exports_at_8_bits_with_its_per_step_affines(tmp_path, encoding):
+    from spikernel.deploy.quantize import deployed_size, measured_size, quantize
+    from spikernel.deploy.weights import export_safetensors, load_exported
+    from spikernel.nn.footprint import footprint
+    from spikernel.space.genotype import Genotype
+
+    model = build_model(GENOTYPE, at(encoding)).eval()
+    info = export_safetensors(model, tmp_path / "q.safetensors", 8)
+    x = images()
+    with torch.no_grad():
+        torch.manual_seed(6)
+        expected = quantize(model, 8)(x)
+        torch.manual_seed(6)
+        torch.testing.assert_close(load_exported(tmp_path / "q.safetensors")(x), expected)
+    analytic = deployed_size(footprint(Genotype.parse(GENOTYPE), at(encoding)), at(encoding), 8)
+    assert info["deployed"] == measured_size(model, 8).to_dict() == analytic.to_dict()
