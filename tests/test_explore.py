@@ -187,6 +187,15 @@ def test_the_report_answers_whether_the_best_kernel_set_changes_with_the_encodin
     assert direct["its mean (%)"] == pytest.approx(91.0) and direct["trainings"] == 3
     assert poisson["best kernel set"] == "1x1_7x7" and poisson["beyond noise"] == "no"  # 1 point apart, each set's sd 1
     assert poisson["permutation p"] >= 0.1  # the exact floor of 3 vs 3
+    assert direct["Welch p"] < 0.05
+    # measured: a narrow bootstrap interval of a wide spread (three seeds a side) is not beyond the noise
+    spread = Study(study.settings, [KernelSetResult("1x1_3x3", trained=_trained("1x1_3x3", "direct", [0.5395, 0.501, 0.7955])),
+                                    KernelSetResult("1x1_7x7", trained=_trained("1x1_7x7", "direct", [0.8035, 0.7925, 0.7945]))])
+    poisson_only = [[t for t in r.trained if t["choice"]["encoding"] == "poisson"] for r in study.results]
+    [row] = [r for r in encoding_table(Study(study.settings, [KernelSetResult(r.kernel_set, trained=r.trained + other)
+                                                               for r, other in zip(spread.results, poisson_only)]))
+             if r["encoding"] == "direct"]
+    assert row["diff 95% CI"].startswith("[+") and row["Welch p"] > 0.05 and row["beyond noise"] == "no"
     answer = encoding_answer([direct, poisson])
     assert answer.startswith("The best kernel set changes with the encoding (direct: 1x1_3x3, poisson: 1x1_7x7)")
     assert "beyond the seed noise for direct." in answer
