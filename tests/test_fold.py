@@ -50,3 +50,35 @@ def test_fold_uses_running_statistics_even_from_training_mode():
     images = torch.randn(4, 1, 28, 28, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(folded(images), net.eval()(images))
+
+
+def test_step_averages_keep_a_direct_network_s_averages_per_step_and_fold_them():
+    from dataclasses import replace
+
+    from spikernel.deploy.export import ExportError, to_nir
+    from spikernel.deploy.quantize import deployed_size, measured_size
+    from spikernel.nn.footprint import footprint
+    from spikernel.nn.layers import TimestepBatchNorm2d
+    from spikernel.nn.macro import MacroConfig, get_preset
+    from spikernel.space.genotype import Genotype
+    from helpers import built_counts
+
+    macro = replace(get_preset("fmnist-tiny"), timesteps=3, step_averages=True)
+    assert MacroConfig.from_dict(macro.to_dict()) == macro and "step_averages" not in get_preset("fmnist-tiny").to_dict()
+    net = trained_like(CELLS[0], macro)
+    norms = [m for m in net.modules() if isinstance(m, TimestepBatchNorm2d)]
+    assert net.stem[1].steps is None  # direct input: one stem output for every step, one average
+    assert all(m.steps == 3 and m.running_mean.shape == (3, m.num_features) for m in norms if m is not net.stem[1])
+    assert built_counts(net) == (footprint(Genotype.parse(CELLS[0]), macro).params,
+                                 footprint(Genotype.parse(CELLS[0]), macro).bn_buffers)
+    folded = fold(net)
+    images = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    logits, spikes = model_spikes(net, images)
+    folded_logits, folded_spikes = model_spikes(folded, images)
+    assert sum(s.sum() for s in spikes.values()) > 1000
+    for name in spikes:
+        assert torch.equal(spikes[name], folded_spikes[name]), name
+    torch.testing.assert_close(folded_logits, logits)
+    assert measured_size(net.float(), 8) == deployed_size(footprint(Genotype.parse(CELLS[0]), macro), macro, 8)
+    with pytest.raises(ExportError, match="per step"):
+        to_nir(net, images[:1].float())

@@ -222,6 +222,9 @@ def check_direct_input(model: SNN) -> None:
     if model.macro.spiking_input:
         raise ExportError(f"NIR export needs direct input: this network uses the {model.macro.encoding} "
                           "encoding, and a NIR graph has no encoder node")
+    if model.macro.step_averages:
+        raise ExportError("NIR export needs one BatchNorm average for all steps: this network keeps them per "
+                          "step (step_averages), and a NIR graph has no per-step affine")
 
 
 # --------------------------------------------------------------------------- encoding for readers

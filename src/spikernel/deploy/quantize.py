@@ -20,7 +20,7 @@ from torch import nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 from spikernel.deploy.fold import ChannelAffine, fold, is_folded
-from spikernel.nn.footprint import BIT_WIDTHS, Footprint, check_bits, stat_steps
+from spikernel.nn.footprint import BIT_WIDTHS, Footprint, check_bits, stat_steps, stem_stat_steps
 from spikernel.nn.model import MacroConfig
 
 SCALE_BITS = 32
@@ -126,14 +126,15 @@ def deployed_size(fp: Footprint, macro: MacroConfig, bits: int) -> DeployedSize:
     before the head) leave an affine (2 values); each weight tensor gets one scale per output
     channel: the convolutions (one per post-conv BatchNorm channel), ``hidden`` and the readout.
     """
-    steps = stat_steps(macro)
-    bn_channels = fp.bn_buffers // (2 * steps)
+    steps, stem_steps, stem = stat_steps(macro), stem_stat_steps(macro), macro.width
+    bn_channels = stem + (fp.bn_buffers - 2 * stem * stem_steps) // (2 * steps)
     pre_lif = 3 * macro.width
     post_conv = bn_channels - pre_lif
     readout = macro.num_classes * macro.votes
     weights = fp.params - 2 * bn_channels - readout  # minus BatchNorm affine and readout bias
-    # per-step averages (spike encodings) leave a scale and shift per step and channel, none folded
-    vectors = (2 * steps * bn_channels if macro.spiking_input else post_conv + 2 * pre_lif) + readout
+    # per-step averages leave a scale and shift per step and channel, none folded into a convolution
+    rest = 2 * steps * (bn_channels - stem) if macro.per_step_averages else post_conv - stem + 2 * pre_lif
+    vectors = (2 * stem_steps * stem if macro.spiking_input else stem) + rest + readout
     return _size(bits, weights, vectors, post_conv + macro.hidden + readout)
 
 

@@ -83,14 +83,21 @@ def footprint(genotype: Genotype, macro: MacroConfig) -> Footprint:
     neurons = c * s1 * s1 + 2 * c * s2 * s2 + m.hidden + cell1[2] + cell2[2]
     return Footprint(
         params=params,
-        bn_buffers=(2 * bn_channels + cell1[1] + cell2[1]) * stat_steps(macro),
+        bn_buffers=2 * c * stem_stat_steps(macro) + (2 * (bn_channels - c) + cell1[1] + cell2[1]) * stat_steps(macro),
         lif_neurons=neurons,
         lif_layers=3 + cell1[3] + cell2[3],
     )
 
 
 def stat_steps(macro: MacroConfig) -> int:
-    """Running averages per BatchNorm channel: one per timestep for spike-encoded input (``nn.layers``)."""
+    """Running averages per channel of a BatchNorm after the stem: one per timestep for spike-encoded
+    input or ``step_averages`` (``nn.layers``), else one."""
+    return macro.timesteps if macro.per_step_averages else 1
+
+
+def stem_stat_steps(macro: MacroConfig) -> int:
+    """The same for the stem's BatchNorm: per step only on input spikes (direct input gives every step
+    the same stem output)."""
     return macro.timesteps if macro.spiking_input else 1
 
 

@@ -52,6 +52,10 @@ class MacroConfig:
     # encoding undoes the normalisation to see intensities in [0, 1]. The direct network never reads them.
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
+    # BatchNorm running averages per timestep after the stem (``nn.layers.TimestepBatchNorm2d``):
+    # SNASNet keeps one for all steps, which a backward cell whose steps differ can fail at test time.
+    # Spike encodings always keep them per step.
+    step_averages: bool = False
 
     def __post_init__(self):
         for name in ("in_channels", "image_size", "num_classes", "width", "hidden", "votes",
@@ -93,6 +97,10 @@ class MacroConfig:
         return hash(self._compared())
 
     @property
+    def per_step_averages(self) -> bool:
+        return self.spiking_input or self.step_averages
+
+    @property
     def spiking_input(self) -> bool:
         """Whether the stem sees spikes (a spike encoding) rather than the analog image."""
         return self.encoding != DIRECT
@@ -129,6 +137,8 @@ class MacroConfig:
                 data.pop(name)
         else:
             data["input_mean"], data["input_std"] = list(self.input_mean), list(self.input_std)
+        if not self.step_averages:  # absent at SNASNet's: older run.json files and studies still match
+            data.pop("step_averages")
         return data
 
     @classmethod

@@ -148,9 +148,10 @@ class SNN(nn.Module):
             lif(m.tau, m.threshold),
             nn.Linear(m.hidden, m.num_classes * m.votes),
         )
-        if m.spiking_input:  # a spike encoding's steps differ: running averages per step
+        if m.per_step_averages:  # steps whose statistics differ: running averages per step
+            stem = self.stem[1] if not m.spiking_input else None  # direct: one stem output for every step
             for module in self.modules():
-                if isinstance(module, TimestepBatchNorm2d):
+                if isinstance(module, TimestepBatchNorm2d) and module is not stem:
                     module.track_steps(m.timesteps)
         self.reset_parameters()
 
