@@ -2,7 +2,7 @@
 scoring batch, ``nas.engine.energy_estimator``) predicts the trained network's measured energy
 (``result.json``: spikes on 1,000 test images after training), over trained run folders.
 
-    python benchmarks/energy_agreement.py docs/results --data-dir ../shared/data/fashion-mnist
+    python benchmarks/energy_agreement.py docs/results --data-dir DIR
 
 Per network: estimated and measured SOPs and energy per image, their ratio; over networks: the
 median ratio and Spearman's rho of estimate vs measured energy (does the estimate rank them right?).

@@ -116,9 +116,19 @@ def reference_snasnet(net, dataset: str) -> SNASNet:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` (names relative), to prove a failed command left it alone."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """SHA-256 of every file under ``folder`` (names relative), to prove a failed command left it alone.
+    SQLite databases count by their rows: a write-ahead log that another connection's close folds into
+    the file (an earlier command's storage, collected later) changes the bytes, not the data."""
+    return {str(p.relative_to(folder)): hashlib.sha256(_sqlite_rows(p) if p.suffix == ".db" else p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def _sqlite_rows(path: Path) -> bytes:
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return "\n".join(db.iterdump()).encode()
 
 
 def assert_one_error(code: int, out: str, err: str, *fragments: str, alone: bool = True) -> str:
