@@ -15,7 +15,6 @@ training is one CSV row; ``--summary`` sets them beside the study's.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -26,14 +25,17 @@ import torch
 from common import append_row, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "step_averages.csv"
-STUDY = Path(__file__).parents[1] / "docs" / "results" / "fmnist-encodings" / "study" / "1x1_3x3" / "train"
-RUN = "0203-0013-1002-0000-encodingdirect"
+STUDY = Path(__file__).parents[1] / "docs" / "results" / "fmnist-encodings" / "study"
+CELL = ("1x1_3x3", "0203 0013 1002 0000", {"encoding": "direct"})  # kernel set, genotype, searched values
 
 
 def study_run(seed: int) -> dict:
-    folder = STUDY / (RUN + (f"-seed{seed}" if seed else ""))
-    return {"run": json.loads((folder / "run.json").read_text()),
-            "result": json.loads((folder / "result.json").read_text())}
+    from spikernel.files import read_json
+    from spikernel.selection.explore import train_dir
+
+    kernel_set, genotype, choice = CELL
+    folder = train_dir(STUDY, kernel_set, genotype, seed, choice)  # the study's run folder of that seed
+    return {"run": read_json(folder / "run.json"), "result": read_json(folder / "result.json")}
 
 
 def train_one(seed: int, data) -> dict:

@@ -21,6 +21,7 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
+from spikernel.nn.layers import StepCursor, TimestepBatchNorm2d
 from spikernel.nn.model import SNN
 
 
@@ -39,21 +40,17 @@ class ChannelAffine(nn.Module):
         return f"{self.scale.numel()}"
 
 
-class StepAffine(ChannelAffine):
+class StepAffine(ChannelAffine, StepCursor):
     """``y[t] = x[t] * scale[t, c] + shift[t, c]``: a BatchNorm with running averages per timestep
-    (spike encodings) folded; it takes the steps in order from ``cursor``, as that BatchNorm did."""
+    folded; it takes the steps in order, as that BatchNorm did."""
 
     def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
         super().__init__(scale, shift)
-        self.steps, self.cursor = scale.shape[0], 0
-
-    def rewind(self) -> None:
-        self.cursor = 0
+        self.steps = scale.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, self.cursor = self.cursor, (self.cursor + x.shape[0]) % self.steps
-        shape = (x.shape[0], 1, -1, 1, 1)
-        return x * self.scale[first : first + x.shape[0]].view(shape) + self.shift[first : first + x.shape[0]].view(shape)
+        steps, shape = self.take(x.shape[0]), (x.shape[0], 1, -1, 1, 1)
+        return x * self.scale[steps].view(shape) + self.shift[steps].view(shape)
 
     def extra_repr(self) -> str:
         return f"{self.steps} x {self.scale.shape[1]}"
@@ -92,7 +89,7 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
     modules = list(seq)
     out = []
     for i, module in enumerate(modules):
-        if getattr(module, "steps", None):  # per-step averages: no single convolution absorbs them
+        if isinstance(module, TimestepBatchNorm2d) and module.steps:  # per-step averages: no conv absorbs them
             out.append(StepAffine(*bn_affine(module)))
         elif isinstance(module, nn.BatchNorm2d):
             if out and isinstance(out[-1], nn.Conv2d) and out[-1] is modules[i - 1]:

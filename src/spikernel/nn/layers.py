@@ -36,7 +36,25 @@ def _inference(module: nn.Module) -> bool:
     return module.kernel == "inference" and not torch.is_grad_enabled()
 
 
-class TimestepBatchNorm2d(nn.BatchNorm2d):
+class StepCursor:
+    """Which timesteps a call holds, for layers with values per step (BatchNorm averages, their folded
+    affines): calls take the steps in order from ``cursor``, and ``SNN.rest`` rewinds every one."""
+
+    steps: int | None = None
+    cursor: int = 0
+
+    def rewind(self) -> None:
+        self.cursor = 0
+
+    def take(self, count: int) -> slice:
+        first = self.cursor
+        if first + count > self.steps:
+            raise ValueError(f"steps {first}..{first + count - 1} of a layer with {self.steps} steps: rewind first")
+        self.cursor = (first + count) % self.steps
+        return slice(first, first + count)
+
+
+class TimestepBatchNorm2d(nn.BatchNorm2d, StepCursor):
     """BatchNorm over [T, B, C, H, W] with statistics per timestep, as T separate calls would give
     (over [B, C, H, W], an ordinary BatchNorm).
 
@@ -46,7 +64,7 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
 
     With ``track_steps(T)`` (``SNN`` calls it for spike-encoded input) the running averages are
     per timestep too, [T, C] (BNTT's, Kim & Panda 2021), so evaluation normalises each step as
-    training did; calls take the steps in order from ``cursor`` (``rewind`` sets it to 0). A spike
+    training did; calls take the steps in order (``StepCursor``). A spike
     encoding's steps differ (latency coding fires the brightest pixels first), and one running
     average for all of them is none of them: a latency-coded network trained with shared averages
     tested at 26.6%, and at 78.8% with its cells' BatchNorms on batch statistics instead.
@@ -58,15 +76,11 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features)
         self.kernel = "spikingjelly"
         self.steps: int | None = None  # running averages per timestep: see track_steps
-        self.cursor = 0
 
     def track_steps(self, steps: int) -> None:
         self.steps = steps
         self.register_buffer("running_mean", torch.zeros(steps, self.num_features))
         self.register_buffer("running_var", torch.ones(steps, self.num_features))
-
-    def rewind(self) -> None:
-        self.cursor = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.steps is not None:
@@ -75,38 +89,37 @@ class TimestepBatchNorm2d(nn.BatchNorm2d):
             return batch_norm_steps(self, x)
         if x.dim() == 4:
             return super().forward(x)
-        steps, batch, channels, height, width = x.shape
+        steps, channels = x.shape[0], x.shape[2]
         if not self.training and self.track_running_stats:
             return super().forward(x.flatten(0, 1)).view_as(x)
-        # Each (timestep, channel) becomes its own channel; weights are shared across steps.
-        y = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * channels, height, width)
         running_mean = running_var = None
-        if self.training and self.track_running_stats:
-            running_mean = self.running_mean.repeat(steps)
-            running_var = self.running_var.repeat(steps)
-        weight = self.weight.repeat(steps) if self.affine else None
-        bias = self.bias.repeat(steps) if self.affine else None
-        y = F.batch_norm(y, running_mean, running_var, weight, bias, True, self.momentum, self.eps)
+        if self.track_running_stats:
+            running_mean, running_var = self.running_mean.repeat(steps), self.running_var.repeat(steps)
+        y = self._steps_as_channels(x, running_mean, running_var, training=True)
         if running_mean is not None:
             self._fold_running_stats(running_mean.view(steps, channels), running_var.view(steps, channels))
-        return y.view(batch, steps, channels, height, width).transpose(0, 1)
+        return y
 
     def _forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """[t, B, C, H, W], steps ``cursor`` ... ``cursor + t - 1``, each with its own statistics."""
-        count, batch, channels, height, width = x.shape
-        first, self.cursor = self.cursor, (self.cursor + count) % self.steps
-        if first + count > self.steps:
-            raise ValueError(f"steps {first}..{first + count - 1} of a BatchNorm tracking {self.steps}: rewind first")
+        steps = self.take(x.shape[0])
         if self.training and _inference(self):  # the score: batch statistics, as without track_steps
             return batch_norm_steps(self, x)
+        # views of the rows of these steps: a training call updates them in place
+        y = self._steps_as_channels(x, self.running_mean[steps].view(-1), self.running_var[steps].view(-1),
+                                    training=self.training)
+        if self.training and steps.start == 0:
+            self.num_batches_tracked += 1
+        return y
+
+    def _steps_as_channels(self, x: torch.Tensor, mean, var, training: bool) -> torch.Tensor:
+        """Each (timestep, channel) of [t, B, C, H, W] normalised as a channel of its own, with the
+        affine shared across steps and ``mean``/``var`` [t * C] as the running averages."""
+        count, batch, channels, height, width = x.shape
         y = x.permute(1, 0, 2, 3, 4).reshape(batch, count * channels, height, width)
         weight = self.weight.repeat(count) if self.affine else None
         bias = self.bias.repeat(count) if self.affine else None
-        # views of the rows of these steps: a training call updates them in place
-        mean, var = self.running_mean[first : first + count].view(-1), self.running_var[first : first + count].view(-1)
-        y = F.batch_norm(y, mean, var, weight, bias, self.training, self.momentum, self.eps)
-        if self.training and first == 0:
-            self.num_batches_tracked += 1
+        y = F.batch_norm(y, mean, var, weight, bias, training, self.momentum, self.eps)
         return y.view(batch, count, channels, height, width).transpose(0, 1)
 
     @torch.no_grad()

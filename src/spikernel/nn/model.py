@@ -15,7 +15,7 @@ from torch import nn
 
 from spikernel.errors import GenotypeError  # noqa: F401  (raised by Cell, re-exported)
 from spikernel.nn.encoding import check_encodable, encode
-from spikernel.nn.layers import StepAvgPool2d, TimestepBatchNorm2d
+from spikernel.nn.layers import StepAvgPool2d, StepCursor, TimestepBatchNorm2d
 from spikernel.nn.macro import (DATASET_PRESETS, PRESET_NOTES, PRESETS, MacroConfig, default_preset,  # noqa: F401
                                 get_preset, oversized_kernels, register_preset, warn_oversized_kernels)
 from spikernel.nn.neuron import is_lif, lif
@@ -214,7 +214,7 @@ class SNN(nn.Module):
         ``reset``: spikingjelly's ``reset_net`` calls every module's ``reset``.)"""
         functional.reset_net(self)
         for module in self.modules():
-            if getattr(module, "steps", None):
+            if isinstance(module, StepCursor):
                 module.rewind()
 
     def stem_source(self, images: torch.Tensor) -> torch.Tensor:

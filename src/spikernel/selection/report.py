@@ -192,24 +192,29 @@ def investigation_table(study: Study, permutations: int = 10_000) -> list[dict]:
     interval of it, a two-sided permutation p-value (``permutation_p``) and Welch's t-test p-value."""
     from scipy import stats
 
-    samples = {r.kernel_set: [100 * t["test_acc"] for t in r.trained] for r in study.results if r.trained}
+    samples = accuracies(study)
     if not samples or max(len(v) for v in samples.values()) < 2:
         return []
     base_name, base = next(iter(samples.items()))
     rng = np.random.default_rng(0)
     rows = []
-    for name, acc in samples.items():
-        a = np.asarray(acc)
+    for name, a in samples.items():
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")
         row = {"kernel set": name, "trainings": len(a), "mean (%)": a.mean(), "sd (points)": a.std(ddof=1) if len(a) > 1 else None,
                "95% CI (%)": f"[{a.mean() - half:.2f}, {a.mean() + half:.2f}]" if len(a) > 1 else "-"}
         if name != base_name:
-            test = _difference(a, np.asarray(base), permutations, rng)
+            test = _difference(a, base, permutations, rng)
             row.update({f"vs {base_name} (points)": test["diff (points)"],
                         "diff 95% CI": f"[{test['lower']:+.2f}, {test['upper']:+.2f}]",
                         "permutation p": test["permutation p"], "Welch p": test["Welch p"]})
         rows.append(row)
     return rows
+
+
+def accuracies(study: Study, at_least: int = 1) -> dict[str, np.ndarray]:
+    """Per kernel set with at least ``at_least`` trainings: every test accuracy (%), all cells and seeds."""
+    return {r.kernel_set: np.array([100 * t["test_acc"] for t in r.trained]) for r in study.results
+            if len(r.trained) >= at_least}
 
 
 def encoding_of(row: dict) -> str:
@@ -230,11 +235,13 @@ def encoding_table(study: Study, permutations: int = 10_000) -> list[dict]:
     a bootstrap 95% interval and the tests of ``investigation_table``; "beyond noise" when the interval
     excludes 0 and Welch's p < 0.05 (three seeds a side make a narrow bootstrap interval of a wide
     spread: 18 points [+0.4, +29.5] with p = 0.18 was measured)."""
-    split = by_encoding(study)
+    return _encoding_rows(by_encoding(study), permutations)
+
+
+def _encoding_rows(split: dict[str, Study], permutations: int = 10_000) -> list[dict]:
     rows = []
     for enc, part in split.items() if len(split) > 1 else ():
-        samples = {r.kernel_set: np.array([100 * t["test_acc"] for t in r.trained]) for r in part.results
-                   if len(r.trained) > 1}
+        samples = accuracies(part, at_least=2)
         if len(samples) < 2:
             continue
         (best, a), (second, b) = sorted(samples.items(), key=lambda item: -item[1].mean())[:2]
@@ -496,7 +503,8 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
         figures += ablation_figure(ablation, out)
     table = main_table(study)
     investigation = investigation_table(study)
-    encodings = encoding_table(study)
+    split = by_encoding(study)
+    encodings = _encoding_rows(split)
     s = study.settings
     parts = [
         "# spikernel exploration report\n",
@@ -511,7 +519,7 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
             f"budget {s.get('budget') or 'none'}, the same training per arm"
             + (" (every encoding pooled: per encoding below)" if encodings else "") + ".\n\n", markdown(investigation)]
           if investigation else []),
-        *_encoding_section(study, encodings),
+        *_encoding_section(split, encodings),
         "## Budget analysis\n", markdown(budget_table(study, default_budgets(study))),
         "## Training-free score vs trained accuracy\n", markdown(correlation_table(study)),
         "![score vs accuracy](score_vs_accuracy.png)\n" if any(r.trained for r in study.results) else "",
@@ -529,13 +537,13 @@ def write_report(study: Study, out: Path, ablation_sizes: list[int] | None = Non
             "figures": [str(p) for p in figures], "missing": study.missing}
 
 
-def _encoding_section(study: Study, rows: list[dict]) -> list[str]:
+def _encoding_section(split: dict[str, Study], rows: list[dict]) -> list[str]:
     """The investigation per input encoding, when the search compared encodings (the tables above
     pool them)."""
     if not rows:
         return []
     parts = ["## Does the best kernel set change with the input encoding?\n", encoding_answer(rows), markdown(rows)]
-    for enc, part in by_encoding(study).items():
+    for enc, part in split.items():
         parts += [f"### {enc} input\n", markdown(investigation_table(part))]
     return parts
 
