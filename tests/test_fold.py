@@ -82,3 +82,29 @@ def test_step_averages_keep_a_direct_network_s_averages_per_step_and_fold_them()
     assert measured_size(net.float(), 8) == deployed_size(footprint(Genotype.parse(CELLS[0]), macro), macro, 8)
     with pytest.raises(ExportError, match="per step"):
         to_nir(net, images[:1].float())
+
+
+def test_step_averages_is_a_flag_of_search_train_explore_and_run(tmp_path):
+    import json
+
+    from spikernel.selection.settings import ExploreSettings
+    from helpers import cli
+
+    search = tmp_path / "s"
+    code, _, err = cli("search", "-p", "fmnist-tiny", "--batch", 8, "--repeats", 1, "-T", 2, "-n", 2,
+                       "--step-averages", "-o", search)
+    assert code == 0, err
+    assert json.loads((search / "selection.json").read_text())["best"]["macro"]["step_averages"] is True
+    run = tmp_path / "t"
+    code, _, err = cli("train", "--from-search", search, "--epochs", 1, "--limit-train", 16, "--batch", 8, "-o", run)
+    assert code == 0, err
+    assert json.loads((run / "run.json").read_text())["macro"]["step_averages"] is True  # the search's, kept
+    plain = tmp_path / "p"
+    code, _, err = cli("train", "-g", CELLS[0], "-p", "fmnist-tiny", "-T", 2, "--epochs", 1, "--limit-train", 16,
+                       "--batch", 8, "-o", plain)
+    assert code == 0, err
+    assert "step_averages" not in json.loads((plain / "run.json").read_text())["macro"]
+    settings = ExploreSettings(kernel_sets=("1x1_3x3",), preset="fmnist-tiny", step_averages=True)
+    assert settings.macro_space().base.step_averages and settings.to_dict()["step_averages"] is True
+    assert "step_averages" not in ExploreSettings(step_averages=None).to_dict()  # the CLI's default: as before
+    assert all("--step-averages" in cli(command, "--help")[1] for command in ("explore", "run"))

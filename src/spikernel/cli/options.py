@@ -93,11 +93,18 @@ MACRO_OPTIONS = (
 )
 
 
+STEP_AVERAGES_HELP = ("Keep BatchNorm running averages per timestep for direct input too (spike encodings always do) "
+                      "[one for all steps, as SNASNet; the search's for --from-search].")
+step_averages_option = click.option("--step-averages", is_flag=True, default=None, help=STEP_AVERAGES_HELP)
+
+
 def macro_options(defaults: dict | None = None):
-    """The ``MACRO_OPTIONS`` on a command (``-T`` for ``--timesteps``); ``defaults`` by setting name."""
+    """The ``MACRO_OPTIONS`` on a command (``-T`` for ``--timesteps``), then ``--step-averages``;
+    ``defaults`` by setting name."""
     defaults = defaults or {}
 
     def decorate(f):
+        f = step_averages_option(f)
         for flag, setting, about in reversed(MACRO_OPTIONS):
             names = (flag, "-T") if setting == "timesteps" else (flag,)
             default = defaults.get(setting)

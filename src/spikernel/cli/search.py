@@ -68,8 +68,8 @@ def search(out, dataset, data_dir, download, kernels, candidates, budget, bits, 
 
     apply_threads(threads)
     data = load_dataset(dataset, data_dir, download)
-    macro = MacroSpace.of(get_preset(preset or default_preset(data.name)),
-                          {setting: values for setting, values in macro.items() if values is not None})
+    base = get_preset(preset or default_preset(data.name), step_averages=macro.pop("step_averages"))
+    macro = MacroSpace.of(base, {setting: values for setting, values in macro.items() if values is not None})
     with rendered_events() as on_event:
         result = run_search(kernels, macro, data, candidates=candidates, budget=budget, bits=int(bits), cell=cell,
                             batch=batch, repeats=repeats, seed=seed, sampler=sampler, out=out, storage=storage,

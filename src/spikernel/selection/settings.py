@@ -46,6 +46,7 @@ class ExploreSettings:
     refine_images: int = 1000  # training images per refinement rung (nas.refine.IMAGES)
     validation: int = 1000
     proxy: str = DEFAULT_PROXY  # what each search ranks by
+    step_averages: bool = False  # BatchNorm running averages per timestep for direct input too (MacroConfig)
     # Macro settings by name: one value overrides the preset, several are searched beside the cell
     # ({"width": (8, 16)}, {"encoding": ("direct", "poisson")}); the search's macro dimensions.
     macro_values: tuple[tuple[str, tuple], ...] | Mapping = ()
@@ -60,6 +61,7 @@ class ExploreSettings:
         if self.seeds < 1:
             raise ConfigError(f"seeds must be at least 1, got {self.seeds}")
         object.__setattr__(self, "kernel_sets", tuple(names))
+        object.__setattr__(self, "step_averages", bool(self.step_averages))  # the CLI's None: not asked
         object.__setattr__(self, "ablation", tuple(sorted(set(self.ablation) or self.default_ablation())))
         if self.budget:
             Budget.parse(self.budget, self.bits)  # fail early on a malformed budget
@@ -70,7 +72,8 @@ class ExploreSettings:
 
     def macro_space(self) -> MacroSpace:
         """The preset with the overrides and the searched settings (at the preset's image shape)."""
-        return MacroSpace.of(get_preset(self.preset, timesteps=self.timesteps), dict(self.macro_values))
+        base = get_preset(self.preset, timesteps=self.timesteps, step_averages=self.step_averages or None)
+        return MacroSpace.of(base, dict(self.macro_values))
 
     def default_ablation(self) -> tuple[int, ...]:
         """SpiKernel's 1000 vs 2500 vs 5000 scaled to this search: a fifth, a half and all of it."""
@@ -83,6 +86,8 @@ class ExploreSettings:
     def to_dict(self) -> dict:
         data = {**asdict(self), "kernel_sets": list(self.kernel_sets), "ablation": list(self.ablation)}
         data.pop("macro_values")
+        if not self.step_averages:  # absent when unused: explore.json files from before it existed still match
+            data.pop("step_averages")
         for name, default in SEARCH_DEFAULTS.items():
             if data[name] == default:
                 data.pop(name)

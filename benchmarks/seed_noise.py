@@ -1,0 +1,157 @@
+"""Where does the ground truth's seed noise come from, and which recipe removes it?
+
+The ground truth (``ground_truth.py``) trained 24 of its cells under two seeds: pooled sd 4.61
+points, a few cells 10+ points apart. Two causes are suspected: crop and flip on a 3-epoch training
+(the recipe no longer augments trainings this short), and one BatchNorm running average shared by
+both timesteps of a direct-input network (``MacroConfig.step_averages`` keeps one per step). This
+retrains those same 24 cells under the same two seeds, macro, data split and epochs in two arms:
+
+- ``plain``: the ``fast`` recipe without crop and flip (today's default at 3 epochs);
+- ``plain, per-step averages``: the same with ``step_averages=True``.
+
+The ground truth's own trainings are the third arm (``augmented``), read from its CSV. Each finished
+training is one row of its worker's part CSV (resumable, worker k of n takes every n-th); every ``plain`` training comes
+before any per-step one, so a partial run answers the first question completely. ``--summary``
+prints per arm the pooled sd, the median and largest seed difference, the retest tau, and each
+arm's absolute differences against the ground truth's, paired over cells (Wilcoxon).
+
+    python benchmarks/seed_noise.py --worker 0 --workers 2 &
+    python benchmarks/seed_noise.py --worker 1 --workers 2 &
+    python benchmarks/seed_noise.py --summary
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import append_row, read_rows, study_parser
+from ground_truth import DEFAULT_OUT as GROUND_TRUTH, training_split, macro_config
+
+RESULTS = Path(__file__).parent / "results" / "seed_noise_fmnist_mini.csv"
+ARMS = {"plain": False, "plain, per-step averages": True}  # arm -> step_averages
+SEEDS = (0, 1)
+
+
+def ground_truth_pairs(path: Path = GROUND_TRUTH) -> dict[str, dict[int, dict]]:
+    """The ground truth's cells trained under both seeds: genotype -> seed -> row."""
+    cells: dict[str, dict[int, dict]] = {}
+    for row in read_rows(path):
+        cells.setdefault(row["genotype"], {})[int(row["seed"])] = row
+    return {g: seeds for g, seeds in cells.items() if set(SEEDS) <= set(seeds)}
+
+
+def plan() -> list[tuple[str, str, int]]:
+    """(arm, genotype, seed): every plain training first, cells in the ground truth's CSV order."""
+    cells = list(ground_truth_pairs())
+    return [(arm, g, seed) for arm in ARMS for g in cells for seed in SEEDS]
+
+
+def train_one(arm: str, genotype: str, seed: int, data, val, epochs: int) -> dict:
+    from spikernel.nn.model import SNN
+    from spikernel.space.genotype import Genotype
+    from spikernel.training.loop import evaluate, fit
+    from spikernel.training.recipe import recipe
+
+    macro = replace(macro_config().for_data(data), step_averages=ARMS[arm])
+    config = recipe("fast", epochs=epochs, seed=seed, augment=False)
+    torch.manual_seed(seed)  # as the ground truth seeds its trainings
+    model = SNN(Genotype.parse(genotype), macro)
+    started = time.perf_counter()
+    history = fit(model, data, config)
+    val_acc = evaluate(model, data, val, spike_rates=False)["test_acc"]
+    return {"arm": arm, "genotype": genotype, "seed": seed, "epochs": epochs,
+            "train_acc": round(history[-1]["train_acc"], 5), "val_acc": round(val_acc, 5),
+            "test_acc": round(history[-1]["test_acc"], 5), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    data, val = training_split(args.data_dir)
+    done = {(r["arm"], r["genotype"], int(r["seed"])) for r in trained(args.out)}
+    part = args.out.with_name(f"{args.out.stem}.part{args.worker}.csv")  # one writer per file
+    for i, (arm, genotype, seed) in enumerate(plan()):
+        if i % args.workers == args.worker and (arm, genotype, seed) not in done:
+            row = train_one(arm, genotype, seed, data, val, args.epochs)
+            append_row(part, row)
+            print(row, flush=True)
+
+
+def trained(out: Path) -> list[dict]:
+    """Every finished training, from the workers' part files."""
+    return [row for path in sorted(out.parent.glob(f"{out.stem}.part*.csv")) for row in read_rows(path)]
+
+
+def seed_differences(path: Path) -> dict[str, dict[str, float]]:
+    """arm -> genotype -> seed 1 less seed 0 validation accuracy in points, for cells with both."""
+    arms: dict[str, dict[str, dict[int, float]]] = {"augmented": {}}
+    for genotype, seeds in ground_truth_pairs().items():
+        arms["augmented"][genotype] = {s: float(seeds[s]["val_acc"]) for s in SEEDS}
+    for row in trained(path):
+        arms.setdefault(row["arm"], {}).setdefault(row["genotype"], {})[int(row["seed"])] = float(row["val_acc"])
+    return {arm: {g: 100 * (v[1] - v[0]) for g, v in cells.items() if len(v) == 2} for arm, cells in arms.items()}
+
+
+def pooled_sd(differences) -> float:
+    """The sd of one training, from two seeds per cell: sqrt(mean(d^2) / 2)."""
+    return float(np.sqrt(np.mean(np.square(differences)) / 2))
+
+
+def summary(path: Path) -> str:
+    from scipy.stats import kendalltau, wilcoxon
+
+    from common import bootstrap_mean
+
+    differences = seed_differences(path)
+    rows = {(r["arm"], r["genotype"], int(r["seed"])): r for r in trained(path)}
+    lines = ["| arm | cells | pooled sd [95% CI] | median / largest seed difference | retest tau | mean val acc |"
+             " mean train acc | vs augmented: mean abs difference, paired [95% CI], Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    reference = differences["augmented"]
+    for arm, cells in differences.items():
+        if not cells:
+            continue
+        d = np.array(list(cells.values()))
+        draws = [pooled_sd(rng.choice(d, len(d))) for _ in range(2000)]
+        accs = _accuracies(arm, cells, rows)
+        tau = kendalltau(accs[:, 0], accs[:, 1]).statistic if len(d) > 2 else float("nan")
+        train = [float(rows[arm, g, s]["train_acc"]) for g in cells for s in SEEDS if (arm, g, s) in rows]
+        versus = "—"
+        if arm != "augmented" and len(d) > 1:
+            paired = np.abs(d) - np.abs([reference[g] for g in cells])
+            centre, low, high = bootstrap_mean(paired)
+            versus = f"{centre:+.2f} [{low:+.2f}, {high:+.2f}], p = {wilcoxon(paired).pvalue:.3g}"
+        lines.append(f"| {arm} | {len(d)} | {pooled_sd(d):.2f} [{np.percentile(draws, 2.5):.2f}, "
+                     f"{np.percentile(draws, 97.5):.2f}] | {np.median(np.abs(d)):.2f} / {np.abs(d).max():.2f} | "
+                     f"{tau:.2f} | {100 * accs.mean():.2f}% | "
+                     f"{f'{100 * np.mean(train):.2f}%' if train else '—'} | {versus} |")
+    return "\n".join(lines)
+
+
+def _accuracies(arm: str, cells: dict, rows: dict) -> np.ndarray:
+    """[cell, seed] validation accuracies of one arm (the augmented arm from the ground truth)."""
+    if arm == "augmented":
+        pairs = ground_truth_pairs()
+        return np.array([[float(pairs[g][s]["val_acc"]) for s in SEEDS] for g in cells])
+    return np.array([[float(rows[arm, g, s]["val_acc"]) for s in SEEDS] for g in cells])
+
+
+def main(argv=None) -> None:
+    parser = study_parser(__doc__, RESULTS, seeds=None)
+    parser.add_argument("--epochs", type=int, default=3, help="the ground truth's")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.out))
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run_worker(args)
+
+
+if __name__ == "__main__":
+    main()
