@@ -133,3 +133,12 @@ def study_parser(doc: str, out, seeds: int | None = 3, summary: bool = True):
     if summary:
         parser.add_argument("--summary", action="store_true")
     return parser
+
+
+def summary_or_run(args, summary, work) -> None:
+    """``--summary`` prints the study's summary of its CSV; otherwise this worker does its share."""
+    if args.summary:
+        print(summary(args.out))
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        work(args)

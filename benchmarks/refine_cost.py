@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import append_row, bootstrap_mean, machine, read_rows, study_parser
+from common import append_row, bootstrap_mean, machine, read_rows, study_parser, summary_or_run
 
 RESULTS = Path(__file__).parent / "results" / "refine_cost.csv"
 WORK = Path("runs") / "refine-cost"
@@ -95,12 +95,7 @@ def summary(path: Path) -> str:
 def main(argv=None) -> None:
     parser = study_parser(__doc__, RESULTS, seeds=None)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    if args.summary:
-        print(summary(args.out))
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        run(args)
+    summary_or_run(parser.parse_args(argv), summary, run)
 
 
 if __name__ == "__main__":

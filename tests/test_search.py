@@ -360,3 +360,32 @@ def test_a_search_ranks_by_the_proxy_asked_for_with_the_scores_sk_score_gives(tm
     assert code == 2 and "scoring.proxy=grad_norm" in err  # a SAHD search is another study
     code, _, err = cli("-k", "1x1_3x3", "-n", "4", *TINY, "--proxy", "banana", "-o", tmp_path / "b")
     assert code == 2 and err.count("\n") == 1 and "banana" in err and not (tmp_path / "b").exists()
+
+
+def test_a_vote_ranks_the_finished_candidates_by_the_mean_rank_of_its_proxies(tmp_path):
+    import spikernel as sk
+
+    data = load_dataset("fashion-mnist-mini")
+    macro = get_preset("fmnist-tiny", timesteps=2)
+    settings = dict(candidates=6, batch=8, repeats=1, proxy="vote+params", out=tmp_path / "v")
+    found = sk.search("1x1_3x3", macro, data, **settings)
+    scored = [c for c in found.candidates if c.status == "scored"]
+    direct = sk.score([c.genotype for c in scored], macro, data, proxy="vote+params", batch=8, repeats=1)
+    for c, s in zip(scored, direct):  # each member as sk.score computes it; the vote as it ranks the same cells
+        assert c.proxies == pytest.approx(s.proxies) and c.score == pytest.approx(s.score)
+    assert sorted(c.score for c in scored) != [scored[0].score] * len(scored)  # a ranking, not a tie
+    chosen = json.loads((tmp_path / "v" / "selection.json").read_text())
+    assert chosen["selected_by"] == "vote+params" and chosen["best"]["score"] == max(s.score for s in direct)
+    with open(tmp_path / "v" / "candidates.csv") as f:
+        assert {"proxy_sahd", "proxy_params", "proxy_zico"} <= set(next(csv.DictReader(f)))
+    again = sk.search("1x1_3x3", macro, data, **settings)  # read back from the study: the same ranking
+    assert [(c.trial, c.score) for c in again.candidates] == [(c.trial, c.score) for c in found.candidates]
+    from spikernel.selection.explore import load_study
+    from spikernel.selection.report import ablation_table
+
+    picks = {row["candidates"]: row["pick"] for row in ablation_table(load_study(tmp_path / "v"), [3, 6])}
+    first = [c for c in found.candidates if c.trial < 3 and c.status == "scored"]
+    votes = sk.score([c.genotype for c in first], macro, data, proxy="vote+params", batch=8, repeats=1)
+    assert picks == {6: found.best.name, 3: first[max(range(len(first)), key=lambda i: votes[i].score)].name}
+    code, _, err = cli("-k", "1x1_3x3", "-n", "4", *TINY, "--proxy", "vote", "--sampler", "tpe", "-o", tmp_path / "t")
+    assert code == 2 and err.count("\n") == 1 and "--sampler random" in err and not (tmp_path / "t").exists()

@@ -92,24 +92,26 @@ def score(genotypes: Sequence[Genotype | str], macro: MacroConfig | str | None, 
           proxy: str = DEFAULT_PROXY, also: Sequence[str] = (), batch: int = 256, repeats: int = 2, seed: int = 0,
           bits: int = 32, device: str = "cpu") -> list[Scored]:
     """Score cells on the seeded batches a search with these settings uses: a cell gets the same
-    SAHD score here as in ``sk.search``. ``proxy`` is the one ranked by (``score``); ``also``
+    SAHD score here as in ``sk.search``. ``proxy`` is the one ranked by (``score``): a proxy, or a
+    rank vote (``vote``, ``vote+params``: the mean rank of its proxies among these cells); ``also``
     names more proxies to compute (``sk.proxies()`` lists them)."""
+    from spikernel.proxy import VOTES, members
+    from spikernel.proxy.combine import rank_vote
     from spikernel.proxy.zero_cost import check_names, compute_proxies, labelled_batches
     from spikernel.training.distributed import resolve_device
 
-    names = check_names(list(dict.fromkeys(["params", proxy, *also])))
+    names = check_names(list(dict.fromkeys(["params", *members(proxy), *also])))
     data = as_dataset(data)
     macro = as_macro(macro, data)
     device = resolve_device(device)
     raw, labels = labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)
     batches = [data.normalize(b).to(device) for b in raw]
     labels = [y.to(device) for y in labels]
-    results = []
-    for genotype in map(_genotype, genotypes):
-        values = compute_proxies(genotype, macro, batches, labels, names, seed)
-        fp = _footprint(genotype, macro)
-        results.append(Scored(genotype.pruned(), fp.params, fp.bytes(bits), values[proxy], values))
-    return results
+    cells = [_genotype(g) for g in genotypes]
+    values = [compute_proxies(genotype, macro, batches, labels, names, seed) for genotype in cells]
+    scores = rank_vote(values, VOTES[proxy]) if proxy in VOTES else [v[proxy] for v in values]
+    return [Scored(genotype.pruned(), fp.params, fp.bytes(bits), float(s), v)
+            for genotype, fp, s, v in ((g, _footprint(g, macro), s, v) for g, s, v in zip(cells, scores, values))]
 
 
 def proxies() -> list[str]:

@@ -6,7 +6,7 @@ import click
 
 from spikernel.errors import SpikernelError
 from spikernel.nas import SAMPLERS
-from spikernel.proxy import PROXY_NAMES
+from spikernel.proxy import RANKINGS
 from spikernel.selection.settings import SEARCH_DEFAULTS
 from spikernel.nn.footprint import BIT_WIDTHS, BUDGET_FORMS
 from spikernel.nn.macro import ENCODING_NAMES, NAMED, PRESETS, parse_values
@@ -149,8 +149,9 @@ def selection_options(f):
                      help="random = SNASNet's sampling, exactly; tpe; nsga2 (score vs footprint, and energy: "
                           "--objectives)."),
         click.option("--objectives", help=OBJECTIVES_HELP),
-        click.option("--proxy", type=click.Choice(PROXY_NAMES), default=SEARCH_DEFAULTS["proxy"], show_default=True,
-                     help="What candidates are ranked by (docs/EVIDENCE.md: how well each ranks trained accuracy)."),
+        click.option("--proxy", type=click.Choice(RANKINGS), default=SEARCH_DEFAULTS["proxy"], show_default=True,
+                     help="What candidates are ranked by: a proxy, or a rank vote of them over the finished candidates "
+                          "(vote, vote+params; random sampler) (docs/EVIDENCE.md: how well each ranks trained accuracy)."),
         click.option("--state-budget", help="Neuron-state limit in bytes (50KB): one membrane potential per LIF neuron."),
         click.option("--state-bits", type=BITS, help="Bits per membrane potential [--bits]."),
         click.option("--energy-budget", help="Energy (5uJ, 800nJ) or synaptic operations (2MSOP) per inference, "

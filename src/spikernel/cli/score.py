@@ -11,7 +11,7 @@ from rich.table import Table
 from spikernel.data import DEFAULT_DATASET
 from spikernel.errors import ConfigError, GenotypeError
 from spikernel.nn.macro import default_preset
-from spikernel.proxy import DEFAULT_PROXY
+from spikernel.proxy import DEFAULT_PROXY, RANKINGS
 from spikernel.space.genotype import Genotype
 from .group import main
 from .options import BITS, CELL, ENCODING, ENCODING_HELP, GENOTYPE, PRESET, apply_threads, threads_option
@@ -48,7 +48,9 @@ def read_genotypes(path: Path) -> list[Genotype]:
 @click.option("--timesteps", "-T", type=click.IntRange(min=1), help="Override the timesteps T.")
 @click.option("--encoding", type=ENCODING, help=ENCODING_HELP)
 @click.option("--cell", type=CELL, help="Refuse cells that are not of this type.")
-@click.option("--proxy", default=DEFAULT_PROXY, show_default=True, help="The proxy reported as `score` (see --all).")
+@click.option("--proxy", default=DEFAULT_PROXY, show_default=True,
+              help="The proxy reported as `score` (see --all), or a rank vote among the cells given: vote (every "
+                   "proxy but params), vote+params.")
 @click.option("--all", "all_proxies", is_flag=True, help="Compute every known proxy.")
 @click.option("--score-batch", "--batch", "batch", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images per scoring batch, as in search.")
@@ -71,8 +73,8 @@ def score(genotypes, genotype_file, dataset, data_dir, preset, width, hidden, vo
         if wrong is not None:
             raise GenotypeError(f"genotype {wrong} is a {wrong.pruned().cell_type} cell, not {cell}")
     known = api.proxies()
-    if proxy not in known:
-        raise ConfigError(f"unknown proxy {proxy!r}; known: {', '.join(known)}")
+    if proxy not in RANKINGS:
+        raise ConfigError(f"unknown proxy {proxy!r}; known: {', '.join(RANKINGS)}")
     apply_threads(threads)
     data = api.load_dataset(dataset, data_dir)
     overrides = dict(width=width, hidden=hidden, votes=votes, second_pool=second_pool, timesteps=timesteps,

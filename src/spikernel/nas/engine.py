@@ -56,9 +56,10 @@ from spikernel.errors import ConfigError, SpikernelError
 from spikernel.nn.energy import E_MAC_PJ, EnergyBudget, OpsReport
 from spikernel.nn.footprint import Budget, Footprint, StateBudget, footprint, min_footprint, stem_macs
 from spikernel.nn.macro import MacroConfig, MacroSpace, choice_label
-from spikernel.proxy import DEFAULT_PROXY
+from spikernel.proxy import DEFAULT_PROXY, VOTES
+from spikernel.proxy.combine import rank_vote
 from spikernel.proxy.sahd import score_genotype, scoring_batches
-from spikernel.proxy.zero_cost import compute_proxy
+from spikernel.proxy.zero_cost import compute_proxies, compute_proxy
 from spikernel.space.genotype import CELL_TYPES, INPUT, NODES, OUTPUT, PAIRS, ZERO, Genotype, KernelSet, sample
 from spikernel.files import _atomic, write_json
 
@@ -93,6 +94,7 @@ class Candidate:
     energy: dict | None = None  # {"sops", "energy_uj"} estimated at initialisation (energy budget or objective)
     macro: MacroConfig | None = None  # the network's settings: the search's, at this candidate's combination
     choice: dict[str, int] = field(default_factory=dict)  # the searched macro settings' values ({} without any)
+    proxies: dict[str, float] | None = None  # a vote's members' values; the vote (``score``) ranks the finished set
 
     @property
     def key(self) -> str:
@@ -119,6 +121,7 @@ class Candidate:
             "seconds": round(self.seconds, 4),
             "status": self.status,
             **(self.energy or {}),
+            **{f"proxy_{name}": value for name, value in (self.proxies or {}).items()},
         }
 
 
@@ -454,8 +457,9 @@ class SearchSpec:
                 or (self.sampler == "nsga2" and self.objectives != ("score", "footprint")))
 
 
-# A scorer takes a cell and, in a search with macro dimensions, the candidate's settings.
-Scorer = Callable[..., float]
+# A scorer takes a cell and, in a search with macro dimensions, the candidate's settings; it returns
+# the score, or for a rank vote its members' values ({name: value}), which ``collect`` ranks.
+Scorer = Callable[..., "float | dict[str, float]"]
 
 
 def with_macro(function: Callable, candidate: Candidate):
@@ -488,10 +492,13 @@ def make_scorer(macro: MacroConfig, batches: Sequence[torch.Tensor], seed: int,
                 labels: Sequence[torch.Tensor] | None = None) -> Scorer:
     """The one place a candidate is scored: ``proxy`` (SAHD by default) on a freshly, reproducibly
     initialised network, at ``macro`` or the settings given per call; ``adapt`` maps those settings
-    first (a cheaper fidelity). Gradient proxies need the batches' ``labels``."""
+    first (a cheaper fidelity). Gradient proxies need the batches' ``labels``. For a rank vote
+    (``proxy.VOTES``) it returns every member's value."""
 
-    def score(genotype: Genotype, at: MacroConfig | None = None) -> float:
+    def score(genotype: Genotype, at: MacroConfig | None = None) -> float | dict[str, float]:
         settings = adapt(at or macro) if adapt else at or macro
+        if proxy in VOTES:
+            return compute_proxies(genotype, settings, batches, labels, VOTES[proxy], seed)
         if proxy == "sahd":
             return score_genotype(genotype, settings, batches, seed=seed)
         return compute_proxy(proxy, genotype, settings, batches, labels, seed)
@@ -704,14 +711,14 @@ class Slots:
     def done(self) -> list[FrozenTrial]:
         return [t for k, t in sorted(self.owner.items()) if t.state.is_finished() and k < self.total]
 
-    def scores(self) -> dict[str, float]:
-        """Genotype key -> score for every finished, scored candidate (to reuse, not recompute)."""
-        scores = {}
+    def scored(self) -> dict[str, dict]:
+        """Genotype key -> record of every finished, scored candidate (to reuse, not recompute)."""
+        records = {}
         for t in self.done():
             record = t.user_attrs.get(RECORD_ATTR, {})
             if record.get("status") in (SCORED, DUPLICATE):
-                scores.setdefault(record["key"], record["score"])
-        return scores
+                records.setdefault(record["key"], record)
+        return records
 
 
 @contextmanager
@@ -811,14 +818,16 @@ class Search:
                     trial.set_user_attr(RECORD_ATTR, {"status": SUPERSEDED, "worker": self.worker})
                     self.study.tell(trial, state=TrialState.PRUNED)
                     return
-                candidate = self._evaluate(trial, slot, slots.scores())
+                candidate = self._evaluate(trial, slot, slots.scored())
                 record = {**candidate.row(self.spec.bits), "key": candidate.key, "worker": self.worker}
                 trial.set_user_attr(RECORD_ATTR, record)
                 if candidate.status == OVER_BUDGET:
                     self.study.tell(trial, state=TrialState.PRUNED)
                 else:
                     objectives = self.spec.objectives[: len(self.spec.directions)]
-                    self.study.tell(trial, objective_values(candidate, objectives, self.spec.bits))
+                    values = objective_values(candidate, objectives, self.spec.bits)
+                    # A vote has no value of its own until the finished set is ranked (random sampler only).
+                    self.study.tell(trial, [0.0 if v is None else v for v in values])
             except UpdateFinishedTrialError:
                 return  # this worker was presumed dead and its trial failed; the slot is redone elsewhere
             except BaseException:
@@ -842,7 +851,7 @@ class Search:
         candidate.energy = {"sops": round(ops.sops, 1), "energy_uj": round(ops.energy_pj / 1e6, 6)}
         return self.spec.energy_budget is None or self.spec.energy_budget.fits(ops)
 
-    def _evaluate(self, trial: Trial, slot: int, scores: dict[str, float]) -> Candidate:
+    def _evaluate(self, trial: Trial, slot: int, scored: dict[str, dict]) -> Candidate:
         genotype, choice = self._draw(trial, slot)
         macro = self.spec.space.with_choice(choice) if choice else self.spec.macro
         candidate = Candidate(slot, genotype, footprint(genotype, macro), macro=macro, choice=choice)
@@ -851,11 +860,15 @@ class Search:
             candidate.status = OVER_BUDGET
         elif self.spec.needs_energy and not self._within_energy(candidate):
             candidate.status = OVER_BUDGET
-        elif candidate.key in scores:
-            candidate.score, candidate.status = scores[candidate.key], DUPLICATE
+        elif candidate.key in scored:
+            known = scored[candidate.key]
+            candidate.score, candidate.proxies, candidate.status = known["score"], proxies_of(known), DUPLICATE
         else:
-            score = float(with_macro(self.score, candidate))
-            candidate.score = -math.inf if math.isnan(score) else score  # degenerate kernel: worst, not failed
+            value = with_macro(self.score, candidate)
+            if isinstance(value, dict):
+                candidate.proxies = value
+            else:
+                candidate.score = -math.inf if math.isnan(value) else float(value)  # degenerate kernel: worst, not failed
         candidate.seconds = time.perf_counter() - started
         return candidate
 
@@ -883,7 +896,27 @@ def collect(trials: Iterable[FrozenTrial], spec: SearchSpec) -> list[Candidate]:
         choice = {name: record[name] for name in space.names}
         macro = space.with_choice(choice) if choice else spec.macro
         candidates.append(Candidate(record["trial"], genotype, footprint(genotype, macro), record["score"],
-                                    record["seconds"], record["status"], energy, macro, choice))
+                                    record["seconds"], record["status"], energy, macro, choice, proxies_of(record)))
+    vote = VOTES.get(spec.scoring.get("proxy"))
+    return rank_by_vote(candidates, vote) if vote else candidates
+
+
+def proxies_of(record: dict) -> dict[str, float] | None:
+    """A stored candidate's members' values (``proxy_<name>`` keys), None when it has none."""
+    return {k.removeprefix("proxy_"): v for k, v in record.items() if k.startswith("proxy_")} or None
+
+
+def rank_by_vote(candidates: list[Candidate], names: Sequence[str]) -> list[Candidate]:
+    """Each candidate's score set to the rank vote over ``names`` among the distinct networks scored
+    (a repeat shares its first slot's): ranks of this set, so a larger search may reorder its first N."""
+    first: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.proxies is not None:
+            first.setdefault(c.key, c)
+    votes = dict(zip(first, rank_vote([c.proxies for c in first.values()], names)))
+    for c in candidates:
+        if c.proxies is not None:
+            c.score = float(votes[c.key])
     return candidates
 
 
@@ -1011,16 +1044,19 @@ def versions() -> dict:
     return {"spikernel": __version__, "python": platform.python_version(), **installed}
 
 
-def csv_fields(dimensions: Sequence[str] = (), energy: bool = False) -> list[str]:
-    """candidates.csv's columns: one per searched macro setting after the genotype, energy last."""
-    return CSV_FIELDS[:2] + list(dimensions) + CSV_FIELDS[2:] + (["sops", "energy_uj"] if energy else [])
+def csv_fields(dimensions: Sequence[str] = (), energy: bool = False, proxies: Sequence[str] = ()) -> list[str]:
+    """candidates.csv's columns: one per searched macro setting after the genotype, energy, then a
+    vote's members."""
+    return (CSV_FIELDS[:2] + list(dimensions) + CSV_FIELDS[2:] + (["sops", "energy_uj"] if energy else [])
+            + [f"proxy_{name}" for name in proxies])
 
 
 def write_candidates_csv(path: Path, candidates: Sequence[Candidate], bits: int,
                          dimensions: Sequence[str] = ()) -> None:
     """One row per candidate slot, written atomically like every run-folder file."""
     buffer = io.StringIO()
-    fields = csv_fields(dimensions, any(c.energy for c in candidates))
+    members = next((list(c.proxies) for c in candidates if c.proxies), [])
+    fields = csv_fields(dimensions, any(c.energy for c in candidates), members)
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for c in candidates:

@@ -30,7 +30,7 @@ from spikernel.nn.energy import EnergyBudget
 from spikernel.nn.footprint import Budget, StateBudget
 from spikernel.nn.model import MacroConfig, default_preset, get_preset
 from spikernel.nn.macro import MacroSpace
-from spikernel.proxy import DEFAULT_PROXY
+from spikernel.proxy import DEFAULT_PROXY, VOTES, members
 from spikernel.proxy.zero_cost import NEEDS_LABELS, check_names, labelled_batches
 from spikernel.space.genotype import KernelSet
 from spikernel.training.distributed import device_label, resolve_device
@@ -138,6 +138,9 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
+    if proxy in VOTES and (fidelity or compare_at):
+        raise ConfigError(f"--proxy {proxy} ranks one finished set of candidates: "
+                          f"{'--fidelity' if fidelity else '--compare-at'} needs a proxy with a value per candidate")
     spec = checked_spec(kernel_set, space, cell=cell, candidates=candidates, budget=budget, bits=bits, seed=seed,
                         sampler=sampler, state_budget=state_budget, state_bits=state_bits,
                         energy_budget=energy_budget, objectives=objectives, refine=refine, proxy=proxy)
@@ -145,7 +148,7 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
     labels = None  # the gradient proxies' targets: the labels of the same draw as the batches
-    if proxy in NEEDS_LABELS:
+    if set(members(proxy)) & set(NEEDS_LABELS):
         labels = [y.to(device) for y in labelled_batches(data.train.images, data.train.labels, batch, repeats, seed)[1]]
     if proxy != "sahd":  # another proxy's scores are another study's; studies from before the key ranked by SAHD
         scoring = {**scoring, "proxy": proxy}
@@ -169,7 +172,8 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     estimate = energy_estimator(macro, batches[0], seed) if spec.needs_energy else None
     engine = Search(optuna_study, store, spec, score, estimate=estimate)
     first = engine.view()  # one read of the study for both: how far it is, and its best score so far
-    engine.on_candidate = _progress(engine, max(first.scores().values(), default=None), candidates, started, on_event)
+    so_far = max((r["score"] for r in first.scored().values() if r["score"] is not None), default=None)
+    engine.on_candidate = _progress(engine, so_far, candidates, started, on_event)
     emit(on_event, "search", done=len(first.done()), total=candidates)
     with kept_freed_memory(SCORING_KEPT_MIB):  # one setting for the whole search, not one per candidate
         found = engine.run()
@@ -204,7 +208,10 @@ def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candida
     """A search's settings, checked before data is drawn or any storage touched: the proxy is known,
     refinement has enough candidates, the sampler and objectives agree, and every budget is one
     some combination of ``space`` meets."""
-    check_names([proxy])
+    check_names(members(proxy))
+    if proxy in VOTES and sampler != "random":
+        raise ConfigError(f"--proxy {proxy} ranks the finished candidates against each other, so no candidate has a "
+                          f"value of its own for --sampler {sampler} to learn from: use --sampler random")
     if refine > candidates:
         raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
     if isinstance(state_budget, str):

@@ -5,3 +5,12 @@ trained accuracy (``proxy.quality``)."""
 # What searches rank by unless told otherwise; docs/EVIDENCE.md has what the ground truth says of each.
 DEFAULT_PROXY = "sahd"
 PROXY_NAMES = ("params", "sahd", "naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico")  # zero_cost.PROXIES
+# Rank votes (``combine.rank_vote``) a search or ``score`` can rank by: the mean rank over these proxies
+# among the candidates ranked together, so a candidate's vote is relative to the others.
+VOTES = {"vote": PROXY_NAMES[1:], "vote+params": PROXY_NAMES}
+RANKINGS = PROXY_NAMES + tuple(VOTES)  # every name --proxy takes
+
+
+def members(ranking: str) -> tuple[str, ...]:
+    """The proxies a ranking computes: a vote's members, else the proxy itself."""
+    return VOTES.get(ranking, (ranking,))

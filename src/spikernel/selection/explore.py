@@ -197,7 +197,9 @@ def read_candidates(path: Path, dimensions=()) -> list[dict]:
             rows = list(csv.DictReader(f))
         optional = ("sops", "energy_uj", *(d for d in dimensions if d not in NAMED))  # columns only some searches write
         for row in rows:
-            for key in ("trial", "params", "footprint_bytes", "score", "seconds", *(k for k in optional if k in row)):
+            proxies = [k for k in row if k.startswith("proxy_")]  # a vote's members
+            for key in ("trial", "params", "footprint_bytes", "score", "seconds", *(k for k in optional if k in row),
+                        *proxies):
                 row[key] = _number(row.get(key, ""))
             if row["score"] is not None and not math.isfinite(row["score"]):
                 row["score"] = None

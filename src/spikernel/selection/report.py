@@ -18,6 +18,8 @@ from matplotlib.figure import Figure  # figures without pyplot: no backend to ch
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from spikernel.files import _atomic, make_dir, write_text  # noqa: E402
+from spikernel.proxy import VOTES  # noqa: E402
+from spikernel.proxy.combine import rank_vote  # noqa: E402
 
 FIGURE_FORMATS = ("png", "svg")
 ENERGY_NOTE = ("Operations and energy are per image of T timesteps, counted on the first test images after training "
@@ -168,14 +170,14 @@ def correlation_table(study: Study) -> list[dict]:
 def ablation_table(study: Study, sizes: list[int]) -> list[dict]:
     """Searching only the first n candidates of the same seeded stream: time and pick per set."""
     rows = []
+    vote = VOTES.get(study.settings.get("proxy") or study.settings.get("scoring", {}).get("proxy"))
     for r in study.results:
         trained = {t.get("candidate", t["genotype"]): t for t in r.trained}
         for n in sizes:
             prefix = r.candidates[:n]
             if len(prefix) < n:
                 continue
-            scored = [c for c in prefix if _finite(c.get("score"))]
-            pick = max(scored, key=lambda c: c["score"], default=None)
+            pick = _prefix_pick(prefix, vote)
             acc = trained.get(r.name_of(pick), {}).get("test_acc") if pick else None
             rows.append({
                 "kernel set": r.kernel_set, "candidates": n,
@@ -184,6 +186,16 @@ def ablation_table(study: Study, sizes: list[int]) -> list[dict]:
                 "pick accuracy": acc,
             })
     return rows
+
+
+def _prefix_pick(prefix: list[dict], vote: tuple[str, ...] | None) -> dict | None:
+    """What a search of these candidates alone picks: the best score, or a rank vote's best among
+    them (the vote ranks its own set, so it is taken again over the prefix's distinct networks)."""
+    if vote:
+        distinct = [c for c in prefix if c.get("status") == "scored"]
+        votes = rank_vote(distinct, [f"proxy_{name}" for name in vote])
+        return max(zip(votes, distinct), key=lambda pair: pair[0], default=(None, None))[1]
+    return max((c for c in prefix if _finite(c.get("score"))), key=lambda c: c["score"], default=None)
 
 
 def investigation_table(study: Study, permutations: int = 10_000) -> list[dict]:
