@@ -14,6 +14,9 @@ recomputes proxy columns in the part files (when no worker runs), for a proxy wh
     python benchmarks/ground_truth.py --worker 0 --workers 2 &
     python benchmarks/ground_truth.py --worker 1 --workers 2 &
     python benchmarks/ground_truth.py --merge
+
+``--no-augment --step-averages --out FILE`` trains the same plan at the setting ``seed_noise.py``
+measured with the lowest seed noise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import csv
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +109,10 @@ def done_keys(path: Path) -> set[tuple[str, int]]:
     return {(row["genotype"], int(row["seed"])) for row in read_rows(path)}
 
 
-def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -> dict:
-    macro = macro_config().for_data(data)
-    config = recipe("fast", epochs=epochs, seed=seed, augment=True)  # pinned: the first 105 trainings augmented
+def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, augment: bool = True,
+              step_averages: bool = False) -> dict:
+    macro = replace(macro_config().for_data(data), step_averages=step_averages)
+    config = recipe("fast", epochs=epochs, seed=seed, augment=augment)  # pinned: the first 105 trainings augmented
     torch.manual_seed(seed)
     from spikernel.nn.model import SNN
     from spikernel.space.genotype import Genotype
@@ -117,11 +122,13 @@ def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int) -
     history = fit(model, data, config)
     val_acc = evaluate(model, data, val, spike_rates=False)["test_acc"]
     fp = footprint(model.genotype, macro)
-    return {"genotype": genotype, "cell": model.genotype.cell_type, "macro": json.dumps(MACRO),
+    setting = {**MACRO, **({"step_averages": True} if step_averages else {})}
+    return {"genotype": genotype, "cell": model.genotype.cell_type, "macro": json.dumps(setting),
             "params": fp.params, "footprint_bytes": fp.bytes(32),
             **{f"proxy_{k}": v for k, v in proxies.items()},
             "val_acc": round(val_acc, 5), "test_acc": round(history[-1]["test_acc"], 5), "epochs": epochs,
-            "seconds": round(time.perf_counter() - started, 2), "seed": seed, "recipe": "fast"}
+            "seconds": round(time.perf_counter() - started, 2), "seed": seed,
+            "recipe": "fast" if augment else "fast, no crop/flip"}
 
 
 def run_worker(args) -> None:
@@ -136,7 +143,7 @@ def run_worker(args) -> None:
             continue
         row = proxy_rows([genotype], macro, batches, labels, names, seed=0)[0]
         proxies = {k.removeprefix("proxy_"): v for k, v in row.items() if k.startswith("proxy_")}
-        result = train_one(genotype, seed, data, val, proxies, args.epochs)
+        result = train_one(genotype, seed, data, val, proxies, args.epochs, args.augment, args.step_averages)
         append_row(path, result)
         print(json.dumps({k: result[k] for k in ("genotype", "seed", "params", "val_acc", "test_acc", "seconds")}),
               flush=True)
@@ -184,9 +191,15 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="without crop and flip (the recipe's own choice at these epochs)")
+    parser.add_argument("--step-averages", action="store_true",
+                        help="BatchNorm running averages per timestep (benchmarks/seed_noise.py: the noise floor)")
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--recompute", help="comma-separated proxies to recompute in every part file")
     args = parser.parse_args(argv)
+    if (args.step_averages or not args.augment) and args.out == DEFAULT_OUT:
+        parser.error("a ground truth at another recipe or macro goes to its own --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.recompute:
         torch.set_num_threads(args.threads)

@@ -134,6 +134,16 @@ def test_findings_by_hand():
     found = rate_findings(rates)
     assert len(found) == 2 and "a is silent" in found[0] and "c is saturated" in found[1]
     assert chance_finding(0.1, 10, 1) and chance_finding(0.5, 10, 1) is None
+    from dataclasses import replace
+
+    from spikernel.nn.macro import get_preset
+    from spikernel.training.health import averages_finding
+
+    shared = get_preset("fmnist-tiny", timesteps=2)
+    assert "--step-averages" in averages_finding(0.69, 0.31, shared)  # the seed-noise study's backward cell
+    assert averages_finding(0.63, 0.70, shared) is None  # healthy: the epoch's mean runs below the end
+    assert averages_finding(0.69, 0.31, replace(shared, step_averages=True)) is None
+    assert averages_finding(0.69, 0.31, replace(shared, timesteps=1)) is None  # one step: one average fits it
 
 
 def test_thread_counts():

@@ -2,7 +2,8 @@
 
 A LIF layer that almost never fires passes (almost) no gradient through its surrogate to what
 feeds it, and one that fires nearly always carries no information; both show in the first batches.
-An epoch that ends at chance accuracy is the other sign. Each finding is one ``HealthWarning``
+An epoch that ends at chance accuracy is the other sign, and a last epoch that tests far below its
+training accuracy with one BatchNorm average for all timesteps is the sign of averages that fit no step. Each finding is one ``HealthWarning``
 (a ``SpikernelWarning``: the library warns, the CLI prints it as one line) naming the layer and a fix.
 """
 
@@ -15,6 +16,9 @@ from spikernel.errors import SpikernelWarning
 SILENT = 0.001  # spikes per neuron-step below this: the layer is silent
 SATURATED = 0.9  # and above this it fires nearly every step
 WATCHED_BATCHES = 3
+# Test this far below the epoch's training accuracy (which, averaged over the epoch, runs below the
+# network's final accuracy in a healthy short training) points at the running averages, not at overfitting.
+AVERAGES_GAP = 0.10
 
 
 class HealthWarning(SpikernelWarning):
@@ -43,6 +47,17 @@ def chance_finding(accuracy: float, classes: int, epoch: int) -> str | None:
         return (f"test accuracy {accuracy:.1%} after epoch {epoch} is at chance ({1 / classes:.0%}): "
                 "train longer (more epochs or images), try a higher --lr or more timesteps")
     return None
+
+
+def averages_finding(train_acc: float, test_acc: float, macro) -> str | None:
+    """A direct-input network with one BatchNorm running average for its T > 1 steps that tests far
+    below its training accuracy: a backward cell whose steps' statistics differ fails this way
+    (docs/EVIDENCE.md: 69% in training, 31% at test; per-step averages restore it)."""
+    if macro is None or macro.timesteps < 2 or macro.per_step_averages or train_acc - test_acc < AVERAGES_GAP:
+        return None
+    return (f"test accuracy {test_acc:.1%} is {100 * (train_acc - test_acc):.0f} points below the training "
+            f"accuracy {train_acc:.1%}: one BatchNorm running average for all {macro.timesteps} timesteps may fit "
+            "none of them; train with --step-averages")
 
 
 def warn(findings: list[str]) -> None:

@@ -431,6 +431,9 @@ def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, 
                         amp=amp_enabled(config, device)))
     if epoch == 1 and world.is_main:
         health.warn([f] if (f := health.chance_finding(row["test_acc"], dataset.num_classes, epoch)) else [])
+    if epoch == config.epochs and world.is_main:
+        health.warn([f] if (f := health.averages_finding(row["train_acc"], row["test_acc"],
+                                                          getattr(model, "macro", None))) else [])
     row["train_img_per_s"] = train_count(dataset, config) / train_seconds
     row["seconds"] = time.perf_counter() - started
     return row
