@@ -113,8 +113,9 @@ def summary(path: Path) -> str:
     differences = seed_differences(path)
     rows = {(r["arm"], r["genotype"], int(r["seed"])): r for r in trained(path)}
     lines = ["| arm | cells | pooled sd [95% CI] | median / largest seed difference | retest tau | mean val acc |"
-             " mean train acc | vs augmented: mean abs difference, paired [95% CI], Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|"]
+             " mean train acc | trainings testing 10+ points below training | vs augmented: mean abs difference, paired "
+             "[95% CI], Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
     reference = differences["augmented"]
     for arm, cells in differences.items():
@@ -124,7 +125,9 @@ def summary(path: Path) -> str:
         draws = [pooled_sd(rng.choice(d, len(d))) for _ in range(2000)]
         accs = _accuracies(arm, cells, rows)
         tau = kendalltau(accs[:, 0], accs[:, 1]).statistic if len(d) > 2 else float("nan")
-        train = [float(rows[arm, g, s]["train_acc"]) for g in cells for s in SEEDS if (arm, g, s) in rows]
+        own = [rows[arm, g, s] for g in cells for s in SEEDS if (arm, g, s) in rows]
+        train = [float(r["train_acc"]) for r in own]
+        failing = sum(float(r["train_acc"]) - float(r["val_acc"]) >= 0.10 for r in own)  # health.AVERAGES_GAP
         versus = "—"
         if arm != "augmented" and len(d) > 1:
             paired = np.abs(d) - np.abs([reference[g] for g in cells])
@@ -133,8 +136,31 @@ def summary(path: Path) -> str:
         lines.append(f"| {arm} | {len(d)} | {pooled_sd(d):.2f} [{np.percentile(draws, 2.5):.2f}, "
                      f"{np.percentile(draws, 97.5):.2f}] | {np.median(np.abs(d)):.2f} / {np.abs(d).max():.2f} | "
                      f"{tau:.2f} | {100 * accs.mean():.2f}% | "
-                     f"{f'{100 * np.mean(train):.2f}%' if train else '—'} | {versus} |")
-    return "\n".join(lines)
+                     f"{f'{100 * np.mean(train):.2f}%' if train else '—'} | "
+                     f"{f'{failing} of {len(own)}' if own else '—'} | {versus} |")
+    return "\n".join(lines + ["", same_trainings(differences, rows)])
+
+
+def same_trainings(differences: dict, rows: dict) -> str:
+    """Per-step against one average on the same trainings: training normalises by batch statistics
+    either way, so the two differ only at evaluation (their training accuracies must be equal)."""
+    from scipy.stats import wilcoxon
+
+    from common import bootstrap_mean
+
+    one, per = ARMS
+    pairs = [(rows[one, g, s], rows[per, g, s]) for (arm, g, s) in rows if arm == per and (one, g, s) in rows]
+    if len(pairs) < 2:
+        return ""
+    equal = sum(a["train_acc"] == b["train_acc"] for a, b in pairs)
+    gain = bootstrap_mean([100 * (float(b["val_acc"]) - float(a["val_acc"])) for a, b in pairs])
+    cells = [g for g in differences[per] if g in differences[one]]
+    spread = [abs(differences[per][g]) - abs(differences[one][g]) for g in cells]
+    centre, low, high = bootstrap_mean(spread)
+    return (f"Per-step against one average, the same {len(pairs)} trainings ({equal} with equal training accuracy): "
+            f"validation accuracy {gain[0]:+.2f} points [{gain[1]:+.2f}, {gain[2]:+.2f}]; over {len(cells)} cells the "
+            f"seed difference {centre:+.2f} points [{low:+.2f}, {high:+.2f}] in size"
+            + (f", Wilcoxon p = {wilcoxon(spread).pvalue:.3g}" if any(spread) else "") + ".")
 
 
 def _accuracies(arm: str, cells: dict, rows: dict) -> np.ndarray:
