@@ -52,6 +52,14 @@ def test_every_proxy_is_finite_and_deterministic(data, values):
     assert compute_proxy("snip", BACKWARD, MACRO, *data, seed=1) != values[BACKWARD]["snip"]  # other weights
 
 
+def test_the_saliencies_computed_together_equal_each_alone(data, values):
+    # compute_proxies shares one set of loss gradients between snip, grad_norm and zico
+    for genotype, scores in values.items():
+        assert scores == {name: compute_proxy(name, genotype, MACRO, *data, seed=0) for name in PROXIES}
+    assert compute_proxies(BACKWARD, MACRO, *data, names=["zico", "snip"]) == {
+        "zico": values[BACKWARD]["zico"], "snip": values[BACKWARD]["snip"]}
+
+
 def test_params_and_sahd_are_the_existing_measures(data, values):
     assert values[BACKWARD]["params"] == footprint(Genotype.parse(BACKWARD), MACRO).params
     torch.manual_seed(0)

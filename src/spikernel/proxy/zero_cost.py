@@ -205,12 +205,12 @@ def snip_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
     """
     labels = _need_labels("snip", batches, labels)
     prepare_for_gradients(model)
-    layers = weight_layers(model)
-    scores = []
-    for images, targets in zip(batches, labels):
-        grads = loss_gradients(model, images, targets)
-        scores.append(sum((m.weight.detach() * g).abs().sum().item() for m, g in zip(layers, grads)))
-    return _mean(scores)
+    return _snip(model, [loss_gradients(model, images, targets) for images, targets in zip(batches, labels)])
+
+
+def _snip(model: SNN, samples: list[list[torch.Tensor]]) -> float:
+    weights = [m.weight.detach() for m in weight_layers(model)]
+    return _mean([sum((w * g).abs().sum().item() for w, g in zip(weights, grads)) for grads in samples])
 
 
 def grad_norm_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
@@ -223,10 +223,13 @@ def grad_norm_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
     """
     labels = _need_labels("grad_norm", batches, labels)
     prepare_for_gradients(model)
-    scores, logits = [], []
-    for images, targets in zip(batches, labels):
-        scores.append(sum(g.norm().item() for g in loss_gradients(model, images, targets, logits)))
-    return -math.inf if ignores_input(logits) else _mean(scores)
+    logits: list[torch.Tensor] = []
+    return _grad_norm([loss_gradients(model, images, targets, logits) for images, targets in zip(batches, labels)],
+                      logits)
+
+
+def _grad_norm(samples: list[list[torch.Tensor]], logits: list[torch.Tensor]) -> float:
+    return -math.inf if ignores_input(logits) else _mean([sum(g.norm().item() for g in grads) for grads in samples])
 
 
 def zico_batches(batches: Batches, labels: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -251,7 +254,10 @@ def zico_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
     """
     labels = _need_labels("zico", batches, labels)
     prepare_for_gradients(model)
-    samples = [loss_gradients(model, images, targets) for images, targets in zico_batches(batches, labels)]
+    return _zico([loss_gradients(model, images, targets) for images, targets in zico_batches(batches, labels)])
+
+
+def _zico(samples: list[list[torch.Tensor]]) -> float:
     score = 0.0
     for layer_grads in zip(*samples):
         g = torch.stack(layer_grads).flatten(1).double()
@@ -261,6 +267,22 @@ def zico_proxy(model: SNN, batches: Batches, labels: Labels) -> float:
         if total > 0:
             score += math.log(total)
     return score
+
+
+SALIENCIES = ("snip", "grad_norm", "zico")
+
+
+def saliencies(model: SNN, batches: Batches, labels: Labels) -> dict[str, float]:
+    """snip, grad_norm and zico from one set of loss gradients: alone, each computes the same
+    gradients of the same fresh network on the same batches (bit for bit), so a vote pays once.
+    Needs two or more batches (ZiCo splits a single one)."""
+    labels = _need_labels("snip", batches, labels)
+    if len(batches) < 2:
+        raise ConfigError("shared saliencies need two or more batches")
+    prepare_for_gradients(model)
+    logits: list[torch.Tensor] = []
+    samples = [loss_gradients(model, images, targets, logits) for images, targets in zip(batches, labels)]
+    return {"snip": _snip(model, samples), "grad_norm": _grad_norm(samples, logits), "zico": _zico(samples)}
 
 
 # --------------------------------------------------------------------------- jacob_cov
@@ -332,16 +354,26 @@ def compute_proxy(name: str, genotype: Genotype | str, macro: MacroConfig | str,
     genotype, macro = _genotype_and_macro(genotype, macro)
     if name == "params":
         return float(footprint(genotype, macro).params)
+    return PROXIES[name](_fresh(genotype, macro, batches, seed), batches, labels)
+
+
+def _fresh(genotype: Genotype, macro: MacroConfig, batches: Batches, seed: int) -> SNN:
     torch.manual_seed(seed)
-    model = build_model(genotype, macro, device=batches[0].device if len(batches) else None)
-    return PROXIES[name](model, batches, labels)
+    return build_model(genotype, macro, device=batches[0].device if len(batches) else None)
 
 
 def compute_proxies(genotype: Genotype | str, macro: MacroConfig | str, batches: Batches, labels: Labels,
                     names: Sequence[str], seed: int = 0) -> dict[str, float]:
-    """``{name: value}``: each proxy on its own fresh network from the same seed (deterministic)."""
+    """``{name: value}``: each proxy on its own fresh network from the same seed (deterministic);
+    two or more of ``SALIENCIES`` share one network's loss gradients (the same values, computed once)."""
     names = check_names(names)
-    return {name: compute_proxy(name, genotype, macro, batches, labels, seed) for name in names}
+    shared = [n for n in names if n in SALIENCIES]
+    values = {}
+    if len(shared) > 1 and len(batches) > 1:
+        genotype, macro = _genotype_and_macro(genotype, macro)
+        values = saliencies(_fresh(genotype, macro, batches, seed), batches, labels)
+    return {name: values[name] if name in values else compute_proxy(name, genotype, macro, batches, labels, seed)
+            for name in names}
 
 
 def proxy_rows(genotypes: Sequence[Genotype | str], macro: MacroConfig | str, batches: Batches, labels: Labels,
