@@ -138,7 +138,7 @@ def summary(path: Path) -> str:
                      f"{tau:.2f} | {100 * accs.mean():.2f}% | "
                      f"{f'{100 * np.mean(train):.2f}%' if train else '—'} | "
                      f"{f'{failing} of {len(own)}' if own else '—'} | {versus} |")
-    return "\n".join(lines + ["", same_trainings(differences, rows)])
+    return "\n".join(lines + ["", same_trainings(differences, rows), "", proxy_agreement(differences, rows)])
 
 
 def same_trainings(differences: dict, rows: dict) -> str:
@@ -161,6 +161,26 @@ def same_trainings(differences: dict, rows: dict) -> str:
             f"validation accuracy {gain[0]:+.2f} points [{gain[1]:+.2f}, {gain[2]:+.2f}]; over {len(cells)} cells the "
             f"seed difference {centre:+.2f} points [{low:+.2f}, {high:+.2f}] in size"
             + (f", Wilcoxon p = {wilcoxon(spread).pvalue:.3g}" if any(spread) else "") + ".")
+
+
+def proxy_agreement(differences: dict, rows: dict, proxies=("params", "sahd", "grad_norm")) -> str:
+    """How each arm's cell ranking (mean of the two seeds) agrees with the ground truth's and with
+    a few proxies (Kendall tau), over the cells every arm has: does the arm change what a proxy is judged on?"""
+    from scipy.stats import kendalltau
+
+    cells = sorted(set.intersection(*(set(c) for c in differences.values())))
+    if len(cells) < 3:
+        return ""
+    pairs = ground_truth_pairs()
+    means = {arm: _accuracies(arm, {g: None for g in cells}, rows).mean(1) for arm in differences}
+    lines = [f"Kendall tau over the {len(cells)} cells every arm has (cell means of two seeds):", "",
+             "| arm | with the ground truth (augmented) | " + " | ".join(proxies) + " |",
+             "|---|---|" + "---|" * len(proxies)]
+    for arm, mean in means.items():
+        taus = [kendalltau(mean, [float(pairs[g][0][f"proxy_{p}"]) for g in cells]).statistic for p in proxies]
+        lines.append(f"| {arm} | {kendalltau(mean, means['augmented']).statistic:.2f} | "
+                     + " | ".join(f"{t:.2f}" for t in taus) + " |")
+    return "\n".join(lines)
 
 
 def _accuracies(arm: str, cells: dict, rows: dict) -> np.ndarray:
