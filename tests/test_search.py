@@ -389,3 +389,6 @@ def test_a_vote_ranks_the_finished_candidates_by_the_mean_rank_of_its_proxies(tm
     assert picks == {6: found.best.name, 3: first[max(range(len(first)), key=lambda i: votes[i].score)].name}
     code, _, err = cli("-k", "1x1_3x3", "-n", "4", *TINY, "--proxy", "vote", "--sampler", "tpe", "-o", tmp_path / "t")
     assert code == 2 and err.count("\n") == 1 and "--sampler random" in err and not (tmp_path / "t").exists()
+    for option, value in (("--fidelity", "fast"), ("--compare-at", "2")):
+        code, _, err = cli("-n", "4", *TINY, "--proxy", "vote", option, value, "-o", tmp_path / "t")
+        assert code == 2 and err.count("\n") == 1 and option in err and not (tmp_path / "t").exists()
