@@ -22,6 +22,7 @@ arm's absolute differences against the ground truth's, paired over cells (Wilcox
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,7 @@ ARMS = {"plain": False, "plain, per-step averages": True}  # arm -> step_average
 SEEDS = (0, 1)
 
 
+@functools.cache  # read once: every table of the summary looks the ground truth up
 def ground_truth_pairs(path: Path = GROUND_TRUTH) -> dict[str, dict[int, dict]]:
     """The ground truth's cells trained under both seeds: genotype -> seed -> row."""
     cells: dict[str, dict[int, dict]] = {}

@@ -110,8 +110,11 @@ def score(genotypes: Sequence[Genotype | str], macro: MacroConfig | str | None, 
     cells = [_genotype(g) for g in genotypes]
     values = [compute_proxies(genotype, macro, batches, labels, names, seed) for genotype in cells]
     scores = rank_vote(values, VOTES[proxy]) if proxy in VOTES else [v[proxy] for v in values]
-    return [Scored(genotype.pruned(), fp.params, fp.bytes(bits), float(s), v)
-            for genotype, fp, s, v in ((g, _footprint(g, macro), s, v) for g, s, v in zip(cells, scores, values))]
+    results = []
+    for genotype, ranked, computed in zip(cells, scores, values):
+        fp = _footprint(genotype, macro)
+        results.append(Scored(genotype.pruned(), fp.params, fp.bytes(bits), float(ranked), computed))
+    return results
 
 
 def proxies() -> list[str]:

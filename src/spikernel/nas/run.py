@@ -138,12 +138,10 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
     if compare_at is not None and compare_at >= candidates:
         raise ConfigError(f"compare_at {compare_at} must be below the {candidates} candidates")
     fidelity = Fidelity.parse(fidelity) if isinstance(fidelity, str) else fidelity
-    if proxy in VOTES and (fidelity or compare_at):
-        raise ConfigError(f"--proxy {proxy} ranks one finished set of candidates: "
-                          f"{'--fidelity' if fidelity else '--compare-at'} needs a proxy with a value per candidate")
     spec = checked_spec(kernel_set, space, cell=cell, candidates=candidates, budget=budget, bits=bits, seed=seed,
                         sampler=sampler, state_budget=state_budget, state_bits=state_bits,
-                        energy_budget=energy_budget, objectives=objectives, refine=refine, proxy=proxy)
+                        energy_budget=energy_budget, objectives=objectives, refine=refine, proxy=proxy,
+                        fidelity=fidelity, compare_at=compare_at)
     device = resolve_device(device)
     batches, scoring = scoring_data(data, batch, repeats, seed)
     batches = [b.to(device) for b in batches]  # score_genotype builds each network where its batches are
@@ -204,14 +202,14 @@ def search(kernels: KernelSet | str, macro: MacroSpace | MacroConfig | str | Non
 
 def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candidates: int, budget: Budget | None,
                  bits: int, seed: int, sampler: str, state_budget=None, state_bits: int | None = None,
-                 energy_budget=None, objectives=None, refine: int = 0, proxy: str = DEFAULT_PROXY) -> SearchSpec:
-    """A search's settings, checked before data is drawn or any storage touched: the proxy is known,
-    refinement has enough candidates, the sampler and objectives agree, and every budget is one
-    some combination of ``space`` meets."""
+                 energy_budget=None, objectives=None, refine: int = 0, proxy: str = DEFAULT_PROXY,
+                 fidelity=None, compare_at: int | None = None) -> SearchSpec:
+    """A search's settings, checked before data is drawn or any storage touched: the proxy is known
+    (a vote with what can use it), refinement has enough candidates, the sampler and objectives
+    agree, and every budget is one some combination of ``space`` meets."""
     check_names(members(proxy))
-    if proxy in VOTES and sampler != "random":
-        raise ConfigError(f"--proxy {proxy} ranks the finished candidates against each other, so no candidate has a "
-                          f"value of its own for --sampler {sampler} to learn from: use --sampler random")
+    if proxy in VOTES:
+        _check_vote(proxy, sampler, fidelity, compare_at)
     if refine > candidates:
         raise ConfigError(f"refine {refine} is more than the {candidates} candidates searched")
     if isinstance(state_budget, str):
@@ -224,6 +222,16 @@ def checked_spec(kernel_set: KernelSet, space: MacroSpace, *, cell: str, candida
     check_state_budget_reachable(state_budget, space)
     check_energy_budget_reachable(energy_budget, space)
     return spec
+
+
+def _check_vote(proxy: str, sampler: str, fidelity, compare_at: int | None) -> None:
+    """A vote ranks one finished set: nothing has a value of its own to learn from, re-score or compare."""
+    if sampler != "random":
+        raise ConfigError(f"--proxy {proxy} ranks the finished candidates against each other, so no candidate has a "
+                          f"value of its own for --sampler {sampler} to learn from: use --sampler random")
+    if fidelity or compare_at:
+        raise ConfigError(f"--proxy {proxy} ranks one finished set of candidates: "
+                          f"{'--fidelity' if fidelity else '--compare-at'} needs a proxy with a value per candidate")
 
 
 def _refined(found, chosen: dict, spec: SearchSpec, data: Dataset, out: Path, k: int, epochs: int, validation: int,

@@ -111,7 +111,8 @@ def preflight(settings: ExploreSettings, data_dir: str | None):
     for kernel_set in s.kernel_sets:
         checked_spec(KernelSet.parse(kernel_set), space, cell=s.cell, candidates=s.candidates, budget=s.budget_limit,
                      bits=s.bits, seed=s.seed, sampler=s.sampler, state_budget=s.state_budget, state_bits=s.state_bits,
-                     energy_budget=s.energy_budget, objectives=s.objectives, refine=s.refine, proxy=s.proxy)
+                     energy_budget=s.energy_budget, objectives=s.objectives, refine=s.refine, proxy=s.proxy,
+                     fidelity=s.fidelity)
     return data
 
 

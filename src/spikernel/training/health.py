@@ -3,8 +3,9 @@
 A LIF layer that almost never fires passes (almost) no gradient through its surrogate to what
 feeds it, and one that fires nearly always carries no information; both show in the first batches.
 An epoch that ends at chance accuracy is the other sign, and a last epoch that tests far below its
-training accuracy with one BatchNorm average for all timesteps is the sign of averages that fit no step. Each finding is one ``HealthWarning``
-(a ``SpikernelWarning``: the library warns, the CLI prints it as one line) naming the layer and a fix.
+training accuracy with one BatchNorm average for all timesteps is the sign of averages that fit no
+step. Each finding is one ``HealthWarning`` (a ``SpikernelWarning``: the library warns, the CLI
+prints it as one line) naming the layer and a fix.
 """
 
 from __future__ import annotations
