@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import ttest_1samp
 
 from common import append_row, bootstrap_mean, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
 FAST = dict(recipe="fast", augment=True)  # the arms as first measured: crop + flip unless an arm says not
+MAIN = {**FAST, "epochs_factor": 2, "augment": False}  # with T = 2: the main job's recipe since the study
 # name -> (recipe overrides, macro overrides)
 ARMS = {
     "snasnet": ({"recipe": "snasnet"}, {}),
@@ -40,6 +42,14 @@ ARMS = {
     # Equal training time: half the timesteps, twice the epochs (a step costs about T).
     "fast-T2-2x-epochs": ({**FAST, "epochs_factor": 2}, {"timesteps": 2}),
     "fast-T2-2x-epochs-no-augment": ({**FAST, "epochs_factor": 2, "augment": False}, {"timesteps": 2}),
+    # One change each to the main job's recipe as it now stands (the arm above, --epochs 2).
+    "main-sgd": ({**MAIN, "recipe": "snasnet"}, {"timesteps": 2}),
+    "main-lr2e-3": ({**MAIN, "lr": 2e-3}, {"timesteps": 2}),
+    "main-lr1e-2": ({**MAIN, "lr": 1e-2}, {"timesteps": 2}),
+    "main-no-smoothing": ({**MAIN, "label_smoothing": 0.0}, {"timesteps": 2}),
+    "main-batch128": ({**MAIN, "batch_size": 128, "lr": 7e-3}, {"timesteps": 2}),
+    "main-cosine-no-warmup": ({**MAIN, "schedule": "cosine", "warmup": 0.0}, {"timesteps": 2}),
+    "main-step-averages": (MAIN, {"timesteps": 2, "step_averages": True}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 
@@ -81,7 +91,7 @@ def summary(path: Path, baseline: str = BASELINE) -> str:
     for r in rows:
         seconds[r["arm"]].append(float(r["seconds"]))
     lines = [f"| arm | n | mean test acc (%) | sd over seeds, same cell (points) | diff to {baseline} [95% CI] "
-             "| mean s per training |", "|---|---|---|---|---|---|"]
+             "| paired t p | mean s per training |", "|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         mine = {k[1:]: v for k, v in acc.items() if k[0] == arm}
         if not mine:
@@ -91,12 +101,13 @@ def summary(path: Path, baseline: str = BASELINE) -> str:
             by_cell.setdefault(cell, []).append(v)
         sds = [statistics.stdev(v) for v in by_cell.values() if len(v) > 1]
         paired = [v - acc[(baseline, *k)] for k, v in mine.items() if (baseline, *k) in acc]
-        ci = "—"
+        ci = p = "—"
         if len(paired) > 1 and arm != baseline:
             diff, low, high = bootstrap_mean(paired)
             ci = f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
+            p = f"{ttest_1samp(paired, 0.0).pvalue:.3f}"  # with 3 pairs the bootstrap interval is narrow by construction
         sd = f"{statistics.fmean(sds):.2f}" if sds else "—"
-        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | {sd} | {ci} | "
+        lines.append(f"| {arm} | {len(mine)} | {statistics.fmean(mine.values()):.2f} | {sd} | {ci} | {p} | "
                      f"{statistics.fmean(seconds[arm]):.0f} |")
     return "\n".join(lines)
 

@@ -4,9 +4,11 @@ The encoding study's direct 1x1_3x3 pick (``docs/results/fmnist-encodings/``: ba
 ``0203 0013 1002 0000``, T = 4, 3 epochs of the ``fast`` recipe on the embedded data) trained to
 about 80% and tested at 53.95% and 50.10% under two of three seeds, with SNASNet's one running
 average for all steps. This trains the same cell with the same settings and seeds with
-``MacroConfig(step_averages=True)``. Training normalises by batch statistics either way, so the
-training accuracy must repeat the study's to the digit; only evaluation can differ. Each finished
-training is one CSV row; ``--summary`` sets them beside the study's.
+``MacroConfig(step_averages=True)``, and then the direct 1x1_7x7 pick (forward cell
+``0002 0000 0000 0000``) the same way, so that the two kernel sets meet on equal terms. Training
+normalises by batch statistics either way, so the training accuracy must repeat the study's to the
+digit; only evaluation can differ. Each finished training is one CSV row; ``--summary`` sets them
+beside the study's and tests the difference between the sets.
 
     python benchmarks/step_averages.py --worker 0 --workers 2 &
     python benchmarks/step_averages.py --worker 1 --workers 2 &
@@ -26,24 +28,24 @@ from common import append_row, read_rows, study_parser
 
 RESULTS = Path(__file__).parent / "results" / "step_averages.csv"
 STUDY = Path(__file__).parents[1] / "docs" / "results" / "fmnist-encodings" / "study"
-CELL = ("1x1_3x3", "0203 0013 1002 0000", {"encoding": "direct"})  # kernel set, genotype, searched values
+CELLS = {"1x1_3x3": "0203 0013 1002 0000", "1x1_7x7": "0002 0000 0000 0000"}  # the study's direct picks
+CHOICE = {"encoding": "direct"}  # their searched values
 
 
-def study_run(seed: int) -> dict:
+def study_run(kernel_set: str, seed: int) -> dict:
     from spikernel.files import read_json
     from spikernel.selection.explore import train_dir
 
-    kernel_set, genotype, choice = CELL
-    folder = train_dir(STUDY, kernel_set, genotype, seed, choice)  # the study's run folder of that seed
+    folder = train_dir(STUDY, kernel_set, CELLS[kernel_set], seed, CHOICE)  # the study's run of that seed
     return {"run": read_json(folder / "run.json"), "result": read_json(folder / "result.json")}
 
 
-def train_one(seed: int, data) -> dict:
+def train_one(kernel_set: str, seed: int, data) -> dict:
     from spikernel.nn.macro import MacroConfig
     from spikernel.training.loop import TrainConfig
     from spikernel.training.run import train
 
-    stored = study_run(seed)["run"]
+    stored = study_run(kernel_set, seed)["run"]
     macro = replace(MacroConfig.from_dict(stored["macro"]).for_data(data), step_averages=True)
     config = TrainConfig.from_dict(stored["train"])
     started = time.perf_counter()
@@ -55,21 +57,37 @@ def train_one(seed: int, data) -> dict:
 
 
 def summary(path: Path) -> str:
-    rows = {int(r["seed"]): r for r in read_rows(path)}
-    lines = ["| seed | training accuracy, one average / per step | test accuracy, one average | per step |",
-             "|---|---|---|---|"]
-    one, per = [], []
-    for seed in sorted(rows):
-        stored = study_run(seed)["result"]
-        shared_train, shared_test = stored["history"][-1]["train_acc"], stored["test"]["test_acc"]
-        one.append(100 * shared_test)
-        per.append(100 * float(rows[seed]["test_acc"]))
-        lines.append(f"| {seed} | {100 * shared_train:.2f}% / {100 * float(rows[seed]['train_acc']):.2f}% | "
-                     f"{100 * shared_test:.2f}% | {100 * float(rows[seed]['test_acc']):.2f}% |")
-    if len(per) > 1:
-        lines.append(f"\nmean (sd): one average {statistics.fmean(one):.2f}% ({statistics.stdev(one):.2f}), "
-                     f"per step {statistics.fmean(per):.2f}% ({statistics.stdev(per):.2f})")
+    rows = {(r["genotype"], int(r["seed"])): r for r in read_rows(path)}
+    lines = ["| kernel set | seed | training accuracy, one average / per step | test accuracy, one average | per step |",
+             "|---|---|---|---|---|"]
+    per_step = {}
+    for kernel_set, genotype in CELLS.items():
+        one, per = [], []
+        for seed in sorted(s for g, s in rows if g == genotype):
+            stored, row = study_run(kernel_set, seed)["result"], rows[genotype, seed]
+            shared_train, shared_test = stored["history"][-1]["train_acc"], stored["test"]["test_acc"]
+            one.append(100 * shared_test)
+            per.append(100 * float(row["test_acc"]))
+            lines.append(f"| {kernel_set} | {seed} | {100 * shared_train:.2f}% / {100 * float(row['train_acc']):.2f}% "
+                         f"| {one[-1]:.2f}% | {per[-1]:.2f}% |")
+        if len(per) > 1:
+            lines.append(f"| {kernel_set} | mean (sd) | | {statistics.fmean(one):.2f}% ({statistics.stdev(one):.2f}) "
+                         f"| {statistics.fmean(per):.2f}% ({statistics.stdev(per):.2f}) |")
+        per_step[kernel_set] = per
+    if all(len(v) > 1 for v in per_step.values()):
+        lines.append("\n" + _set_difference(*per_step.values()))
     return "\n".join(lines)
+
+
+def _set_difference(a: list[float], b: list[float]) -> str:
+    """1x1_3x3 less 1x1_7x7, both with per-step averages, as the report tests kernel sets."""
+    import numpy as np
+
+    from spikernel.selection.report import _difference
+
+    test = _difference(np.array(a), np.array(b), 10000, np.random.default_rng(0))
+    return (f"per step, {' - '.join(CELLS)}: {test['diff (points)']:+.2f} points [{test['lower']:+.2f}, "
+            f"{test['upper']:+.2f}], permutation p = {test['permutation p']:.2f}, Welch p = {test['Welch p']:.3f}")
 
 
 def main(argv=None) -> None:
@@ -81,11 +99,11 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {int(r["seed"]) for r in read_rows(args.out)}
+    done = {(r["genotype"], int(r["seed"])) for r in read_rows(args.out)}
     data = load_dataset("fashion-mnist-mini")
-    for seed in range(args.seeds):
-        if seed % args.workers == args.worker and seed not in done:
-            append_row(args.out, train_one(seed, data))
+    for i, (kernel_set, seed) in enumerate((k, s) for k in CELLS for s in range(args.seeds)):
+        if i % args.workers == args.worker and (CELLS[kernel_set], seed) not in done:
+            append_row(args.out, train_one(kernel_set, seed, data))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,27 @@ def test_noise_floor_and_retest_tau():
     assert single["cells"] == 0 and math.isnan(single["pooled_sd"])
 
 
+def test_noise_ceiling_falls_from_100_with_the_seed_noise():
+    truth = ground_truth(synthetic_records(seeds=(0,)))
+    groups = quality.size_bins(truth.column("footprint_bytes"), 3)
+    ceiling = {sd: quality.noise_ceiling(truth, groups, sd, searches=200, search_size=30) for sd in (0.0, 1.0, 100.0)}
+    # without noise the oracle picks each bin's best measured cell of the draw, as the oracle proxy does
+    oracle = quality.simulate_searches({"oracle": quality.selection_rules(truth.proxies)["oracle"]}, truth, groups,
+                                       searches=200, search_size=30)["oracle"]["per_size_percentile"]["mean"]
+    assert ceiling[0.0] == pytest.approx(oracle, abs=1.0)
+    assert ceiling[0.0] > ceiling[1.0] > ceiling[100.0]
+    assert 40 < ceiling[100.0] < 70  # noise that swamps every difference: about a random pick
+
+
+def test_report_states_the_noise_ceiling(report):
+    floor = report["noise_floor"]
+    # every cell's two seeds differ by 1 point: the median difference, read as a normal's
+    assert floor["robust_sd"] == pytest.approx(1.0 / (math.sqrt(2) * 0.6745))
+    ceiling = floor["oracle_per_size_percentile"]
+    assert 50 < ceiling["pooled_sd"] <= 100
+    assert f"reach the {ceiling['robust_sd']:.1f}th per-size percentile" in markdown(json_ready(report))
+
+
 def test_size_conditioned_rule_picks_in_the_largest_bin(report):
     # accuracy rises with size here, so the oracle's best among a draw's largest cells is the draw's best
     sized, oracle = report["rules"]["sized:oracle"], report["rules"]["oracle"]

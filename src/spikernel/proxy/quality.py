@@ -12,7 +12,8 @@ size-conditioned ranking, a random or a params pick) ``evaluate`` measures:
   the regret (the draw's best accuracy minus the pick's) and the pick's percentile among all
   cells and among those of its own footprint bin, for the top-1 pick and for the best of the
   top 5 (training five finalists); and per footprint bin (a search under that budget);
-- the noise floor: how much accuracy moves between training seeds of the same cell.
+- the noise floor: how much accuracy moves between training seeds of the same cell, and the
+  ceiling it sets: the per-size percentile an oracle of noise-free accuracy would reach.
 
 Accuracies are in points; a CSV holding fractions (all values <= 1) is scaled by 100.
 """
@@ -397,13 +398,50 @@ def noise_floor(truth: GroundTruth) -> dict:
     """
     repeated = [s for s in truth.seed_accuracy if len(s) >= 2]
     if not repeated:
-        return {"cells": 0, "rows": 0, "pooled_sd": math.nan, "median_sd": math.nan, "retest_kendall_tau": math.nan}
+        return {"cells": 0, "rows": 0, "pooled_sd": math.nan, "median_sd": math.nan, "robust_sd": math.nan,
+                "retest_kendall_tau": math.nan}
     sds = np.array([np.std(list(s.values()), ddof=1) for s in repeated])
     first = [s[sorted(s)[0]] for s in repeated]
     second = [s[sorted(s)[1]] for s in repeated]
+    # Seed differences are heavy-tailed (a few cells fail at evaluation): the median difference gives
+    # the sd of the usual cell, |x1 - x2| = sd * sqrt(2) * |Z| and the median of |Z| is 0.6745.
+    robust = float(np.median(np.abs(np.subtract(first, second)))) / (math.sqrt(2) * 0.6745)
     return {"cells": len(repeated), "rows": sum(len(s) for s in repeated),
             "pooled_sd": float(np.sqrt(np.mean(sds**2))), "median_sd": float(np.median(sds)),
-            "retest_kendall_tau": kendall(first, second)}
+            "robust_sd": robust, "retest_kendall_tau": kendall(first, second)}
+
+
+def noise_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, searches: int = 1000,
+                  search_size: int = 100, seed: int = 0) -> float:
+    """The per-size percentile an oracle of each cell's noise-free accuracy would reach on ``truth``.
+
+    The ground truth measures each cell once or twice, with seed noise of sd ``sd``, so even a rule
+    that knew every cell's true accuracy would pick below the 100th percentile of the measured one.
+    Under a normal model per footprint bin (true accuracy ~ N(bin mean, bin variance - sd^2), a
+    cell's mean of n seeds = truth + N(0, sd^2 / n)), the oracle draws each cell's true accuracy from
+    its posterior given the measurement and picks the best of each bin of a search, as ``one_search``
+    does for a rule: how far a rule can be expected to get against this ground truth if the noise is
+    normal. Heavy tails (a few cells failing, as one BatchNorm average does) make the pooled sd
+    overstate it.
+    """
+    rng = np.random.default_rng(seed)
+    measured, noise = truth.accuracy, sd**2 / np.array([len(s) for s in truth.seed_accuracy])
+    reference, reference_groups = measured[truth.distinct], groups[truth.distinct]
+    centre, shrink, spread = (np.zeros(len(truth)) for _ in range(3))
+    for group in np.unique(groups):
+        inside, own = groups == group, reference[reference_groups == group]
+        signal = max(float(np.var(own, ddof=1)) - sd**2, 0.0) if len(own) > 1 else 0.0
+        centre[inside] = own.mean()
+        shrink[inside] = signal / (signal + noise[inside])
+        spread[inside] = np.sqrt(signal * noise[inside] / (signal + noise[inside]))
+    posterior = centre + shrink * (measured - centre)
+    size, means = min(search_size, len(truth)), []
+    for _ in range(searches):
+        picked = rng.choice(len(truth), size=size, replace=False)
+        true = posterior[picked] + spread[picked] * rng.standard_normal(size)
+        means.append(np.mean([percentile_of(measured[picked[groups[picked] == g][np.argmax(true[groups[picked] == g])]],
+                                            reference[reference_groups == g]) for g in np.unique(groups[picked])]))
+    return float(np.mean(means))
 
 
 # --------------------------------------------------------------------------- the whole evaluation
@@ -431,12 +469,16 @@ def evaluate(truth: GroundTruth, bins: int | None = DEFAULT_SIZE_BINS, searches:
             for base in GAIN_BASELINES if base in picks and base != name}
     per_rule = {name: {**bootstrap_correlations(rule, truth, bins, resamples, seed), **picks[name]}
                 for name, rule in rules.items()}
+    floor = noise_floor(truth)
+    if math.isfinite(floor["pooled_sd"]):
+        floor["oracle_per_size_percentile"] = {
+            kind: noise_ceiling(truth, groups, floor[kind], searches, search_size, seed) for kind in ("pooled_sd", "robust_sd")}
     return {
         "target": truth.target, "units": "accuracy points", "genotypes": len(truth),
         "rows": sum(len(s) for s in truth.seed_accuracy), "size_bins": bins, "bin_sizes": np.bincount(groups).tolist(),
         "searches": searches, "search_size": min(search_size, len(truth)), "resamples": resamples,
         "selection_resamples": selection_resamples, "resample_searches": resample_searches, "seed": seed,
-        "noise_floor": noise_floor(truth), "rules": per_rule,
+        "noise_floor": floor, "rules": per_rule,
     }
 
 
@@ -487,6 +529,13 @@ def markdown(report: dict) -> str:
               "each footprint bin of a search.",
               f"Noise floor: sd between seeds {_fmt(noise['pooled_sd'])} points pooled (median {_fmt(noise['median_sd'])}) "
               f"over {noise['cells']} cells ({noise['rows']} trainings); retest tau {_fmt(noise['retest_kendall_tau'])}."]
+    if "oracle_per_size_percentile" in noise:
+        ceiling = noise["oracle_per_size_percentile"]
+        lines.append(f"Noise ceiling (`noise_ceiling`, a normal model): a pick by each cell's noise-free accuracy would "
+                     f"reach the {_fmt(ceiling['robust_sd'], 1)}th per-size percentile of this ground truth at the usual "
+                     f"cell's seed sd ({_fmt(noise['robust_sd'])}, from the median seed difference), the "
+                     f"{_fmt(ceiling['pooled_sd'], 1)}th at the pooled sd; a rule above the latter shows the noise is "
+                     "heavier-tailed than normal.")
     return "\n".join(lines + ["", *gain_table(report)]) + "\n"
 
 
