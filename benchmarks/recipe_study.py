@@ -50,6 +50,7 @@ ARMS = {
     "main-batch128": ({**MAIN, "batch_size": 128, "lr": 7e-3}, {"timesteps": 2}),
     "main-cosine-no-warmup": ({**MAIN, "schedule": "cosine", "warmup": 0.0}, {"timesteps": 2}),
     "main-step-averages": (MAIN, {"timesteps": 2, "step_averages": True}),
+    "main-step-loss": ({**MAIN, "step_loss": True}, {"timesteps": 2}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 

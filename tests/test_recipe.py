@@ -186,3 +186,36 @@ def test_threads_reach_torch_for_the_command_only(tmp_path):
         assert code == 2 and "--threads" in err and not (tmp_path / "s2").exists()
     finally:
         torch.set_num_threads(before)
+
+
+def test_step_loss_is_the_mean_of_each_timesteps_cross_entropy():
+    from torch.nn.functional import cross_entropy
+
+    from spikernel.training.loop import training_loss
+
+    output, labels = torch.randn(3, 5, 10), torch.randint(10, (5,))
+    by_hand = torch.stack([cross_entropy(step, labels) for step in output]).mean()
+    assert torch.allclose(training_loss(output, labels, recipe("fast", label_smoothing=0.0, step_loss=True)), by_hand)
+    assert torch.allclose(training_loss(output.mean(0), labels, recipe("fast", label_smoothing=0.0)),
+                          cross_entropy(output.mean(0), labels))
+
+
+def one_epoch_weights(data, timesteps: int, step_loss: bool) -> dict:
+    from spikernel.nn.model import build_model
+    from spikernel.training import loop
+
+    torch.manual_seed(0)
+    model = build_model(CELL, get_preset("fmnist-tiny", timesteps=timesteps).for_data(data))
+    config = recipe("fast", epochs=1, limit_train=64, batch_size=32, step_loss=step_loss)
+    with loop.training_step_model(model, config, torch.device("cpu")) as step_model:
+        optimizer, scheduler = loop.make_optimizer(model, config, 2)
+        loop.train_epoch(step_model, data, optimizer, scheduler, config, 1)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_step_loss_trains_on_each_step_and_is_the_mean_loss_at_one_step(data):
+    same = [one_epoch_weights(data, 1, flag) for flag in (False, True)]
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])  # one step: the same loss, bit for bit
+    apart = [one_epoch_weights(data, 2, flag) for flag in (False, True)]
+    assert any(not torch.equal(apart[0][k], apart[1][k]) for k in apart[0])
+    assert "step_loss" not in recipe("fast").identity() and recipe("fast", step_loss=True).identity()["step_loss"]

@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine from lr; onecycle: linear warm-up over `warmup` of the steps, then cosine
     warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
     label_smoothing: float = 0.0
+    step_loss: bool = False  # cross-entropy of every timestep's logits (TET), not of their mean
     time_budget: float | None = None  # seconds: train as many epochs as fit (decided once, stored in the run)
     augment: bool | None = True  # random crop + flip; None: only in trainings of AUGMENT_FROM_EPOCHS or more
     seed: int = 0
@@ -88,6 +89,7 @@ class TrainConfig:
         step executes (compiled or not, fused LIF or spikingjelly's, eval batch) does not belong, and
         under a time budget the epochs are what the budget allowed, stored with the run."""
         skip = ("compile", "fused_lif", "eval_batch") + (("epochs",) if self.time_budget is not None else ())
+        skip += () if self.step_loss else ("step_loss",)  # runs from before the setting existed resume
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     @classmethod
@@ -222,8 +224,9 @@ def train_epoch(model, dataset: Dataset, optimizer, scheduler, config: TrainConf
     for batch_index, index in enumerate(batch_indices(train_count(dataset, config), config.batch_size, generator, world)):
         images, labels = input_batch(dataset, split, index, device, augment_generator, channels_last)
         with autocast(device, use_amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            output = model(images)
+        loss = training_loss(output, labels, config)
+        logits = output.mean(0) if config.step_loss else output
         # Every rank must take the same decision, so the check uses the loss averaged over ranks.
         mean_loss = world.all_reduce(loss.detach().clone()) / world.size
         value = mean_loss.item()
@@ -240,6 +243,25 @@ def train_epoch(model, dataset: Dataset, optimizer, scheduler, config: TrainConf
             on_batch(n * world.size, value)
     loss_sum, correct, seen = world.all_reduce(totals).tolist()
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def training_loss(output: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Cross-entropy of the mean logits [B, classes], or with ``step_loss`` the mean of every timestep's
+    [T, B, classes] (TET, Deng et al. 2022, without its regulariser): each step must classify alone."""
+    if config.step_loss:
+        output, labels = output.flatten(0, 1), labels.repeat(output.shape[0])  # step-major, as flattened
+    return F.cross_entropy(output.float(), labels, label_smoothing=config.label_smoothing)
+
+
+class StepLogits(nn.Module):
+    """The network with its per-timestep logits as output: what a per-step loss trains on."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_steps(images)
 
 
 def on_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -413,7 +435,7 @@ def training_step_model(model: nn.Module, config: TrainConfig, device: torch.dev
     """
     # on a CPU, activations are reused instead of page-faulted in afresh every step
     with kept_freed_memory() if device.type == "cpu" else nullcontext(), use_kernels(model, "fused", config.fused_lif):
-        step_model = wrap(model, world, device)
+        step_model = wrap(StepLogits(model) if config.step_loss else model, world, device)
         yield torch.compile(step_model) if config.compile else step_model
 
 
