@@ -142,3 +142,14 @@ def summary_or_run(args, summary, work) -> None:
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         work(args)
+
+
+def work_share(args, plan, key, train) -> None:
+    """This worker's share of a study: every ``args.workers``-th item of ``plan`` that no row of
+    ``args.out`` holds yet (``key(row)`` names a row's item), trained by ``train(item)`` and its row
+    appended as soon as it is done."""
+    torch.set_num_threads(args.threads)
+    done = {key(row) for row in read_rows(args.out)}
+    for i, item in enumerate(plan):
+        if i % args.workers == args.worker and item not in done:
+            append_row(args.out, train(item))

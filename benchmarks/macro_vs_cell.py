@@ -27,10 +27,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from scipy.stats import ttest_ind
 
-from common import append_row, bootstrap_mean, read_rows, study_parser
+from common import bootstrap_mean, study_parser, summary_or_run, work_share
 
 RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
 SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
@@ -116,22 +115,20 @@ def main(argv=None) -> None:
     parser = study_parser(__doc__, RESULTS)
     parser.add_argument("--work", type=Path, default=Path("runs") / "macro_vs_cell", help="the searches' folders")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per training (the main job's)")
-    args = parser.parse_args(argv)
-    if args.summary:
-        print(summary(args.out))
-        return
+    summary_or_run(parser.parse_args(argv), summary, run_worker)
+
+
+def run_worker(args) -> None:
     from spikernel.data.datasets import load_dataset
 
-    torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["arm"], int(r["seed"])) for r in read_rows(args.out)}
     data = load_dataset("fashion-mnist-mini")
-    for i, (arm, seed) in enumerate(plan(args.seeds)):
-        if i % args.workers == args.worker and (arm, seed) not in done:
-            row = train_one(arm, seed, data, args.work, args.epochs)
-            append_row(args.out, row)
-            print(json.dumps({k: row[k] for k in ("arm", "genotype", "params", "seed", "epochs", "test_acc")}),
-                  flush=True)
+
+    def train(item):
+        row = train_one(*item, data, args.work, args.epochs)
+        print(json.dumps({k: row[k] for k in ("arm", "genotype", "params", "seed", "epochs", "test_acc")}), flush=True)
+        return row
+
+    work_share(args, plan(args.seeds), lambda row: (row["arm"], int(row["seed"])), train)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from common import append_row, read_rows, study_parser
+from common import read_rows, study_parser, summary_or_run, work_share
 
 RESULTS = Path(__file__).parent / "results" / "step_averages.csv"
 STUDY = Path(__file__).parents[1] / "docs" / "results" / "fmnist-encodings" / "study"
@@ -91,19 +89,16 @@ def _set_difference(a: list[float], b: list[float]) -> str:
 
 
 def main(argv=None) -> None:
-    args = study_parser(__doc__, RESULTS).parse_args(argv)
-    if args.summary:
-        print(summary(args.out))
-        return
+    summary_or_run(study_parser(__doc__, RESULTS).parse_args(argv), summary, run_worker)
+
+
+def run_worker(args) -> None:
     from spikernel.data.datasets import load_dataset
 
-    torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["genotype"], int(r["seed"])) for r in read_rows(args.out)}
     data = load_dataset("fashion-mnist-mini")
-    for i, (kernel_set, seed) in enumerate((k, s) for k in CELLS for s in range(args.seeds)):
-        if i % args.workers == args.worker and (CELLS[kernel_set], seed) not in done:
-            append_row(args.out, train_one(kernel_set, seed, data))
+    work_share(args, [(k, s) for k in CELLS for s in range(args.seeds)],
+               lambda row: (next(k for k, g in CELLS.items() if g == row["genotype"]), int(row["seed"])),
+               lambda item: train_one(*item, data))
 
 
 if __name__ == "__main__":
