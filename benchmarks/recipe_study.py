@@ -19,10 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from scipy.stats import ttest_1samp
 
-from common import append_row, bootstrap_mean, read_rows, study_parser
+from common import bootstrap_mean, study_parser, summary_or_run, work_share
 
 RESULTS = Path(__file__).parent / "results" / "recipe_study.csv"
 BASELINE = "snasnet"
@@ -57,10 +56,6 @@ CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0
 
 def plan(arms, cells, seeds) -> list[tuple[str, str, int]]:
     return [(a, c, s) for s in range(seeds) for c in cells for a in arms]
-
-
-def done_keys(path: Path) -> set[tuple[str, str, int]]:
-    return {(r["arm"], r["genotype"], int(r["seed"])) for r in read_rows(path)}
 
 
 def train_one(arm: str, genotype: str, seed: int, preset: str, epochs: int, timesteps: int | None = None) -> dict:
@@ -122,17 +117,17 @@ def main(argv=None) -> None:
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated genotypes")
     parser.add_argument("--baseline", default=BASELINE, help="the arm --summary's differences are paired to")
     args = parser.parse_args(argv)
-    if args.summary:
-        print(summary(args.out, args.baseline))
-        return
-    torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_keys(args.out)
-    for i, (arm, cell, seed) in enumerate(plan(args.arms.split(","), args.cells.split(","), args.seeds)):
-        if i % args.workers == args.worker and (arm, cell, seed) not in done:
-            row = train_one(arm, cell, seed, args.preset, args.epochs, args.timesteps)
-            append_row(args.out, row)
-            print(json.dumps({k: row[k] for k in ("arm", "genotype", "seed", "test_acc", "seconds")}), flush=True)
+    summary_or_run(args, lambda path: summary(path, args.baseline), run_worker)
+
+
+def run_worker(args) -> None:
+    def train(item):
+        row = train_one(*item, args.preset, args.epochs, args.timesteps)
+        print(json.dumps({k: row[k] for k in ("arm", "genotype", "seed", "test_acc", "seconds")}), flush=True)
+        return row
+
+    work_share(args, plan(args.arms.split(","), args.cells.split(","), args.seeds),
+               lambda row: (row["arm"], row["genotype"], int(row["seed"])), train)
 
 
 if __name__ == "__main__":

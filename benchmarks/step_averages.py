@@ -27,6 +27,7 @@ from common import read_rows, study_parser, summary_or_run, work_share
 RESULTS = Path(__file__).parent / "results" / "step_averages.csv"
 STUDY = Path(__file__).parents[1] / "docs" / "results" / "fmnist-encodings" / "study"
 CELLS = {"1x1_3x3": "0203 0013 1002 0000", "1x1_7x7": "0002 0000 0000 0000"}  # the study's direct picks
+KERNEL_SET = {genotype: kernel_set for kernel_set, genotype in CELLS.items()}
 CHOICE = {"encoding": "direct"}  # their searched values
 
 
@@ -97,7 +98,7 @@ def run_worker(args) -> None:
 
     data = load_dataset("fashion-mnist-mini")
     work_share(args, [(k, s) for k in CELLS for s in range(args.seeds)],
-               lambda row: (next(k for k, g in CELLS.items() if g == row["genotype"]), int(row["seed"])),
+               lambda row: (KERNEL_SET[row["genotype"]], int(row["seed"])),
                lambda item: train_one(*item, data))
 
 

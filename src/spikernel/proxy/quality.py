@@ -439,8 +439,12 @@ def noise_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, searches: i
     for _ in range(searches):
         picked = rng.choice(len(truth), size=size, replace=False)
         true = posterior[picked] + spread[picked] * rng.standard_normal(size)
-        means.append(np.mean([percentile_of(measured[picked[groups[picked] == g][np.argmax(true[groups[picked] == g])]],
-                                            reference[reference_groups == g]) for g in np.unique(groups[picked])]))
+        percentiles = []
+        for group in np.unique(groups[picked]):
+            inside = groups[picked] == group
+            pick = picked[inside][np.argmax(true[inside])]
+            percentiles.append(percentile_of(measured[pick], reference[reference_groups == group]))
+        means.append(np.mean(percentiles))
     return float(np.mean(means))
 
 
