@@ -154,6 +154,19 @@ def test_thread_counts():
             choose_threads(bad)
 
 
+def test_omp_num_threads_pins_the_default_thread_count(monkeypatch):
+    import spikernel.threads as threads
+
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    for value, expected in (("1", 1), ("8", 2), ("", 2), ("many", 2), ("0", 2)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert choose_threads() == expected
+    assert choose_threads(2) == 2  # --threads still wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert choose_threads() == 2
+
+
 def test_idle_cores_follow_the_tasks_running_now_not_the_minute_average(monkeypatch):
     import builtins
     import io

@@ -3,7 +3,8 @@
 PyTorch starts one OpenMP thread per core. On a machine where other processes already keep
 cores busy, those threads contend with them and with each other (each parallel region waits
 for its slowest thread), which is where a shared machine's 16-45x slowdowns came from. So by
-default spikernel takes the cores other processes leave idle, at least one.
+default spikernel takes the cores other processes leave idle, at least one, unless
+``OMP_NUM_THREADS`` pins a count.
 
 Idle is counted from the tasks runnable right now (``/proc/loadavg``'s fourth field, the median of
 three reads 5 ms apart), not from the one-minute load average: that average lags by a minute, and
@@ -51,13 +52,28 @@ def busy_elsewhere(reads: int = 3) -> int | None:
 
 
 def choose_threads(requested: int | None = None) -> int:
-    """``requested`` if it is a sane count for this machine, else the idle cores."""
+    """``requested`` if it is a sane count for this machine; else ``OMP_NUM_THREADS`` where it is set
+    (up to the cores), else the idle cores."""
     if requested is None:
-        return idle_cores()
+        return pinned_threads() or idle_cores()
     cores = available_cores()
     if not 1 <= requested <= cores:
         raise ConfigError(f"--threads must be between 1 and the {cores} cores this process may use, got {requested}")
     return requested
+
+
+def pinned_threads() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` pins, up to the cores; None where it is unset or not a count.
+
+    A pinned count must win over the idle cores: those change with the load, and a training resumed
+    on another thread count than it began with sums its convolutions in another order, so it would
+    no longer end bit for bit as an uninterrupted one.
+    """
+    try:
+        pinned = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return min(pinned, available_cores()) if pinned >= 1 else None
 
 
 def use_threads(requested: int | None = None) -> int:
