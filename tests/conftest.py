@@ -22,12 +22,14 @@ def fashion_mnist_dir():
 
 
 @pytest.fixture
-def one_thread(monkeypatch):
+def one_thread():
     """Run a test on one thread: tiny networks train faster so, a shared CPU does not stall them, and
     in-process runs then match subprocess runs started with one thread. The environment pins it too,
-    so that a command run in-process keeps one thread instead of taking the idle cores."""
+    so that a command run in-process keeps one thread instead of taking the idle cores (a patch of
+    its own: a test's ``monkeypatch.undo()`` must not lift it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("OMP_NUM_THREADS", "1")
+        yield
     torch.set_num_threads(threads)
