@@ -50,6 +50,12 @@ ARMS = {
     "main-cosine-no-warmup": ({**MAIN, "schedule": "cosine", "warmup": 0.0}, {"timesteps": 2}),
     "main-step-averages": (MAIN, {"timesteps": 2, "step_averages": True}),
     "main-step-loss": ({**MAIN, "step_loss": True}, {"timesteps": 2}),
+    # The neuron and the head's initialisation (macro settings: they change the network, not the optimizer).
+    "main-head-init-0.01": (MAIN, {"timesteps": 2, "head_init_std": 0.01}),  # SNASNet's, not by fan-in
+    "main-threshold-0.5": (MAIN, {"timesteps": 2, "threshold": 0.5}),
+    "main-tau-2": (MAIN, {"timesteps": 2, "tau": 2.0}),  # the membrane keeps half per step, not a quarter
+    "main-surrogate-alpha1": (MAIN, {"timesteps": 2, "surrogate_alpha": 1.0}),  # a wider, flatter ATan
+    "main-surrogate-alpha4": (MAIN, {"timesteps": 2, "surrogate_alpha": 4.0}),  # a narrower, steeper one
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 

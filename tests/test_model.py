@@ -100,3 +100,14 @@ def test_build_on_a_device_draws_with_that_devices_generator():
     placed = build_model("0302 0030 3003 0000", "fmnist-tiny", device="cpu")
     for (name, a), (_, b) in zip(default.state_dict().items(), placed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_neuron_settings_reach_every_lif_layer_and_stay_out_of_old_run_files():
+    macro = get_preset("fmnist-tiny", threshold=0.5, tau=2.0, surrogate_alpha=4.0)
+    lifs = build_model(Genotype.parse("0302 0030 3003 0000"), macro).lif_layers()
+    assert lifs and all((m.v_threshold, m.tau, m.surrogate_function.alpha) == (0.5, 2.0, 4.0) for m in lifs)
+    assert MacroConfig.from_dict(macro.to_dict()) == macro
+    assert "surrogate_alpha" not in get_preset("fmnist-tiny").to_dict()  # absent at the default: old runs match
+    for bad in ({"surrogate_alpha": 0.0}, {"threshold": -1.0}, {"tau": "x"}):
+        with pytest.raises(ConfigError):
+            MacroConfig.from_dict({**get_preset("fmnist-tiny").to_dict(), **bad})

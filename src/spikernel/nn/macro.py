@@ -15,6 +15,7 @@ from spikernel.errors import ConfigError, SpikernelWarning
 
 TAU = 4.0 / 3.0  # v <- v + (x - v) / tau: the membrane keeps 25% per step
 THRESHOLD = 1.0
+SURROGATE_ALPHA = 2.0  # ATan surrogate's sharpness: its gradient at threshold is alpha / 2
 # How an image enters the network (``nn.encoding`` has the encoders, under the same names): the
 # analog image at every step (SNASNet's), or spikes: rate (Poisson) or time-to-first-spike coding.
 DIRECT = "direct"
@@ -47,6 +48,7 @@ class MacroConfig:
     head_init_std: float | None = None
     tau: float = TAU
     threshold: float = THRESHOLD
+    surrogate_alpha: float = SURROGATE_ALPHA
     encoding: str = DIRECT
     # The per-channel mean and std the images were normalised with (``for_data`` sets them): a spike
     # encoding undoes the normalisation to see intensities in [0, 1]. The direct network never reads them.
@@ -65,6 +67,9 @@ class MacroConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("tau", "threshold", "surrogate_alpha"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         check_encoding(self.encoding)
         self._check_input_stats()
         if self.head_size < 1:
@@ -139,6 +144,8 @@ class MacroConfig:
             data["input_mean"], data["input_std"] = list(self.input_mean), list(self.input_std)
         if not self.step_averages:  # absent at SNASNet's: older run.json files and studies still match
             data.pop("step_averages")
+        if self.surrogate_alpha == SURROGATE_ALPHA:  # likewise: absent at the default
+            data.pop("surrogate_alpha")
         return data
 
     @classmethod

@@ -33,7 +33,7 @@ def make_op(code: int, channels: int, macro: MacroConfig) -> nn.Module:
         return StepAvgPool2d(3, stride=1, padding=1)
     kernel = kernel_of(code)
     return nn.Sequential(
-        lif(macro.tau, macro.threshold),
+        lif(macro),
         layer.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False, step_mode="m"),
         TimestepBatchNorm2d(channels),
     )
@@ -131,7 +131,7 @@ class SNN(nn.Module):
         self.cell1 = Cell(genotype, c, m)
         self.reduction = nn.Sequential(
             TimestepBatchNorm2d(c),
-            lif(m.tau, m.threshold),
+            lif(m),
             layer.Conv2d(c, 2 * c, 3, padding=1, bias=False, step_mode="m"),
             TimestepBatchNorm2d(2 * c),
             StepAvgPool2d(2, 2),
@@ -139,13 +139,13 @@ class SNN(nn.Module):
         self.cell2 = Cell(genotype, 2 * c, m)
         self.last = nn.Sequential(
             TimestepBatchNorm2d(2 * c),
-            lif(m.tau, m.threshold),
+            lif(m),
             StepAvgPool2d(m.second_pool, m.second_pool),
         )
         self.head = nn.Sequential(
             layer.Dropout(m.dropout, step_mode="m"),
             nn.Linear(m.head_features, m.hidden, bias=False),
-            lif(m.tau, m.threshold),
+            lif(m),
             nn.Linear(m.hidden, m.num_classes * m.votes),
         )
         if m.per_step_averages:  # steps whose statistics differ: running averages per step

@@ -16,9 +16,8 @@ import torch
 from spikingjelly.activation_based import neuron, surrogate
 
 from spikernel.nn.fused import LIFSequence
-from spikernel.nn.macro import TAU, THRESHOLD
+from spikernel.nn.macro import SURROGATE_ALPHA, TAU, THRESHOLD
 
-SURROGATE_ALPHA = 2.0
 LIF_CHUNK = 1 << 16  # elements per CPU pass of lif_scan: x, v and the spikes of a chunk stay in L2 together
 
 
@@ -27,9 +26,9 @@ class LIF(neuron.LIFNode):
 
     KERNELS = ("spikingjelly", "fused", "inference")
 
-    def __init__(self, tau: float = TAU, threshold: float = THRESHOLD):
+    def __init__(self, tau: float = TAU, threshold: float = THRESHOLD, surrogate_alpha: float = SURROGATE_ALPHA):
         super().__init__(tau=tau, decay_input=True, v_threshold=threshold, v_reset=0.0,
-                         surrogate_function=surrogate.ATan(alpha=SURROGATE_ALPHA), detach_reset=True,
+                         surrogate_function=surrogate.ATan(alpha=surrogate_alpha), detach_reset=True,
                          step_mode="m")
         self.kernel = "spikingjelly"
 
@@ -46,8 +45,9 @@ class LIF(neuron.LIFNode):
         return spikes
 
 
-def lif(tau: float = TAU, threshold: float = THRESHOLD) -> LIF:
-    return LIF(tau, threshold)
+def lif(macro=None) -> LIF:
+    """The LIF neuron of a ``MacroConfig``'s neuron settings (the defaults without one)."""
+    return LIF() if macro is None else LIF(macro.tau, macro.threshold, macro.surrogate_alpha)
 
 
 def is_lif(module) -> bool:
