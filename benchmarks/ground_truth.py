@@ -16,13 +16,16 @@ recomputes proxy columns in the part files (when no worker runs), for a proxy wh
     python benchmarks/ground_truth.py --merge
 
 ``--no-augment --step-averages --out FILE`` trains the same plan at the setting ``seed_noise.py``
-measured with the lowest seed noise.
+measured with the lowest seed noise; ``--import-seed-noise`` (with those two flags, before the
+workers) first copies in the 48 trainings ``seed_noise.py`` made of the same cells and seeds at that
+setting, so the workers skip them.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 import time
@@ -47,6 +50,8 @@ DEFAULT_OUT = RESULTS / "ground_truth_fmnist_mini.csv"
 MACRO = dict(preset="fmnist-tiny", timesteps=2)  # ~10-25K parameters: a CPU can train hundreds
 VALIDATION = 1000  # training images held out for validation accuracy
 SCORING = dict(batch=64, repeats=2)
+# seed_noise.py's trainings at the per-step setting: the same as this one's with --no-augment --step-averages
+SEED_NOISE_PARTS, SEED_NOISE_ARM = "seed_noise_fmnist_mini.part*.csv", "plain, per-step averages"
 
 
 def stratified_cells(count: int, seed: int = 0, pool: int = 4000) -> list[str]:
@@ -121,14 +126,49 @@ def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, a
     started = time.perf_counter()
     history = fit(model, data, config)
     val_acc = evaluate(model, data, val, spike_rates=False)["test_acc"]
-    fp = footprint(model.genotype, macro)
-    setting = {**MACRO, **({"step_averages": True} if step_averages else {})}
-    return {"genotype": genotype, "cell": model.genotype.cell_type, "macro": json.dumps(setting),
+    measured = {"val_acc": val_acc, "test_acc": history[-1]["test_acc"], "seconds": time.perf_counter() - started}
+    return result_row(genotype, seed, macro, proxies, measured, epochs, augment)
+
+
+def result_row(genotype: str, seed: int, macro, proxies: dict, measured: dict, epochs: int, augment: bool) -> dict:
+    """One ground-truth line: the cell, its footprint and proxies, and what its training measured."""
+    from spikernel.space.genotype import Genotype
+
+    cell = Genotype.parse(genotype).pruned()
+    fp = footprint(cell, macro)
+    setting = {**MACRO, **({"step_averages": True} if macro.step_averages else {})}
+    return {"genotype": genotype, "cell": cell.cell_type, "macro": json.dumps(setting),
             "params": fp.params, "footprint_bytes": fp.bytes(32),
             **{f"proxy_{k}": v for k, v in proxies.items()},
-            "val_acc": round(val_acc, 5), "test_acc": round(history[-1]["test_acc"], 5), "epochs": epochs,
-            "seconds": round(time.perf_counter() - started, 2), "seed": seed,
+            "val_acc": round(float(measured["val_acc"]), 5), "test_acc": round(float(measured["test_acc"]), 5),
+            "epochs": epochs, "seconds": round(float(measured["seconds"]), 2), "seed": seed,
             "recipe": "fast" if augment else "fast, no crop/flip"}
+
+
+def cell_proxies(genotype: str, macro, batches, labels) -> dict:
+    row = proxy_rows([genotype], macro, batches, labels, list(PROXIES), seed=0)[0]
+    return {k.removeprefix("proxy_"): v for k, v in row.items() if k.startswith("proxy_")}
+
+
+def import_seed_noise(args, macro, batches, labels) -> None:
+    """Copy into this ground truth the trainings ``seed_noise.py`` already made at its exact setting
+    (no crop/flip, per-step averages, the same cells, seeds, split, epochs and training code), so
+    that they are not repeated; their proxies are computed here as every worker's are."""
+    planned = set(plan(args.cells, args.repeated, args.seed))
+    done = set().union(*(done_keys(p) for p in parts(args.out)))
+    path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
+    proxies = functools.cache(lambda genotype: cell_proxies(genotype, macro, batches, labels))  # both seeds' rows
+    for row in read_rows_of(SEED_NOISE_PARTS):
+        key = (row["genotype"], int(row["seed"]))
+        if row["arm"] != SEED_NOISE_ARM or int(row["epochs"]) != args.epochs or key not in planned or key in done:
+            continue
+        append_row(path, result_row(*key, replace(macro, step_averages=True),
+                                    proxies(key[0]), row, args.epochs, augment=False))
+        done.add(key)
+
+
+def read_rows_of(pattern: str) -> list[dict]:
+    return [row for path in sorted(RESULTS.glob(pattern)) for row in read_rows(path)]
 
 
 def run_worker(args) -> None:
@@ -137,12 +177,10 @@ def run_worker(args) -> None:
     mine = [p for i, p in enumerate(plan(args.cells, args.repeated, args.seed)) if i % args.workers == args.worker]
     path = part_path(args.out, args.worker)
     done = set().union(*(done_keys(p) for p in parts(args.out)))
-    names = list(PROXIES)
     for genotype, seed in mine:
         if (genotype, seed) in done:
             continue
-        row = proxy_rows([genotype], macro, batches, labels, names, seed=0)[0]
-        proxies = {k.removeprefix("proxy_"): v for k, v in row.items() if k.startswith("proxy_")}
+        proxies = cell_proxies(genotype, macro, batches, labels)
         result = train_one(genotype, seed, data, val, proxies, args.epochs, args.augment, args.step_averages)
         append_row(path, result)
         print(json.dumps({k: result[k] for k in ("genotype", "seed", "params", "val_acc", "test_acc", "seconds")}),
@@ -195,6 +233,9 @@ def main(argv=None) -> None:
                         help="without crop and flip (the recipe's own choice at these epochs)")
     parser.add_argument("--step-averages", action="store_true",
                         help="BatchNorm running averages per timestep (benchmarks/seed_noise.py: the noise floor)")
+    parser.add_argument("--import-seed-noise", action="store_true",
+                        help="with --no-augment --step-averages: take seed_noise.py's trainings of that setting "
+                             "instead of repeating them")
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--recompute", help="comma-separated proxies to recompute in every part file")
     args = parser.parse_args(argv)
@@ -206,6 +247,11 @@ def main(argv=None) -> None:
         recompute(args.out, args.recompute.split(","), args.data_dir)
     elif args.merge:
         merge(args.out)
+    elif args.import_seed_noise:
+        if args.augment or not args.step_averages:
+            parser.error("--import-seed-noise takes trainings made without crop/flip, with per-step averages")
+        _, _, macro, batches, labels = scoring_setup(args.data_dir)
+        import_seed_noise(args, macro, batches, labels)
     else:
         run_worker(args)
 
