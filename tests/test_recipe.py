@@ -144,6 +144,11 @@ def test_findings_by_hand():
     assert averages_finding(0.63, 0.70, shared) is None  # healthy: the epoch's mean runs below the end
     assert averages_finding(0.69, 0.31, replace(shared, step_averages=True)) is None
     assert averages_finding(0.69, 0.31, replace(shared, timesteps=1)) is None  # one step: one average fits it
+    # a silent layer's fix names the setting that silenced it, where one did
+    head = {"spike_rate/head.2": 0.0}
+    assert "head_init_std unset" in rate_findings(head, replace(shared, head_init_std=0.01))[0]
+    assert "lower the firing threshold" in rate_findings({"spike_rate/cell1.x": 0.0}, replace(shared, threshold=4.0))[0]
+    assert "--recipe fast" in rate_findings(head, shared)[0]
 
 
 def test_thread_counts():

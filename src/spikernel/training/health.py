@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 
 from spikernel.errors import SpikernelWarning
+from spikernel.nn.macro import THRESHOLD
 
 SILENT = 0.001  # spikes per neuron-step below this: the layer is silent
 SATURATED = 0.9  # and above this it fires nearly every step
@@ -26,8 +27,9 @@ class HealthWarning(SpikernelWarning):
     """A training that will probably not learn; printed by the CLI as one ``warning:`` line."""
 
 
-def rate_findings(rates: dict[str, float]) -> list[str]:
-    """Per-layer spike rates (``spike_rate/<layer>`` keys, as ``SpikeCounter.rates`` gives) -> findings."""
+def rate_findings(rates: dict[str, float], macro=None) -> list[str]:
+    """Per-layer spike rates (``spike_rate/<layer>`` keys, as ``SpikeCounter.rates`` gives) -> findings;
+    with the network's ``MacroConfig``, a silent layer's fix names the setting that likely silenced it."""
     findings = []
     for key, rate in rates.items():
         if not key.startswith("spike_rate/"):
@@ -35,11 +37,20 @@ def rate_findings(rates: dict[str, float]) -> list[str]:
         layer = key.removeprefix("spike_rate/")
         if rate < SILENT:
             findings.append(f"LIF layer {layer} is silent ({rate:.2%} spikes) in the first batches: "
-                            "raise the learning rate or use --recipe fast (AdamW), or a wider --width")
+                            f"{silent_fix(layer, macro)}")
         elif rate > SATURATED:
             findings.append(f"LIF layer {layer} is saturated ({rate:.1%} spikes) in the first batches: "
                             "lower the learning rate, or check the data's normalisation")
     return findings
+
+
+def silent_fix(layer: str, macro=None) -> str:
+    if macro is not None and layer.startswith("head.") and macro.head_init_std is not None:
+        return (f"the head's Linear starts too small for its {macro.head_features} inputs (head_init_std "
+                f"{macro.head_init_std:g}); leave head_init_std unset to scale it by fan-in")
+    if macro is not None and macro.threshold > THRESHOLD:
+        return f"lower the firing threshold (now {macro.threshold:g}, SNASNet's is {THRESHOLD:g})"
+    return "raise the learning rate or use --recipe fast (AdamW), or a wider --width"
 
 
 def chance_finding(accuracy: float, classes: int, epoch: int) -> str | None:

@@ -417,7 +417,7 @@ def first_batches_watched(model: nn.Module, device, on_batch, enabled: bool = Tr
         seen[0] += 1
         if seen[0] == health.WATCHED_BATCHES:
             counter.close()
-            health.warn(health.rate_findings(counter.rates()))
+            health.warn(health.rate_findings(counter.rates(), getattr(model, "macro", None)))
         if on_batch is not None:
             on_batch(n, loss)
 
