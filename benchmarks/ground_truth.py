@@ -152,8 +152,11 @@ def cell_proxies(genotype: str, macro, batches, labels) -> dict:
 
 def import_seed_noise(args, macro, batches, labels) -> None:
     """Copy into this ground truth the trainings ``seed_noise.py`` already made at its exact setting
-    (no crop/flip, per-step averages, the same cells, seeds, split, epochs and training code), so
-    that they are not repeated; their proxies are computed here as every worker's are."""
+    (no crop/flip, per-step averages, the same cells, seeds, split, epochs; its ``train_one`` is this
+    one's), so that they are not repeated; their proxies are computed here as every worker's are.
+
+    Same numbers on the same machine; made on another CPU a training can differ at float level and
+    so by a fraction of a point (docs/EVIDENCE.md), as a training run anywhere else would."""
     planned = set(plan(args.cells, args.repeated, args.seed))
     done = set().union(*(done_keys(p) for p in parts(args.out)))
     path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
