@@ -41,7 +41,7 @@ from spikernel.data.datasets import load_dataset
 from spikernel.nn.footprint import footprint
 from spikernel.nn.model import get_preset
 from spikernel.proxy.zero_cost import PROXIES, labelled_batches, proxy_rows
-from spikernel.space.genotype import KernelSet, sample
+from spikernel.space.genotype import Genotype, KernelSet, sample
 from spikernel.training.loop import evaluate, fit
 from spikernel.training.recipe import recipe
 
@@ -51,7 +51,7 @@ MACRO = dict(preset="fmnist-tiny", timesteps=2)  # ~10-25K parameters: a CPU can
 VALIDATION = 1000  # training images held out for validation accuracy
 SCORING = dict(batch=64, repeats=2)
 # seed_noise.py's trainings at the per-step setting: the same as this one's with --no-augment --step-averages
-SEED_NOISE_PARTS, SEED_NOISE_ARM = "seed_noise_fmnist_mini.part*.csv", "plain, per-step averages"
+SEED_NOISE_OUT, SEED_NOISE_ARM = RESULTS / "seed_noise_fmnist_mini.csv", "plain, per-step averages"
 
 
 def stratified_cells(count: int, seed: int = 0, pool: int = 4000) -> list[str]:
@@ -114,13 +114,17 @@ def done_keys(path: Path) -> set[tuple[str, int]]:
     return {(row["genotype"], int(row["seed"])) for row in read_rows(path)}
 
 
+def trained_pairs(out: Path) -> set[tuple[str, int]]:
+    """(genotype, seed) of every training in any part file of ``out``."""
+    return set().union(*(done_keys(p) for p in parts(out)))
+
+
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, augment: bool = True,
               step_averages: bool = False) -> dict:
     macro = replace(macro_config().for_data(data), step_averages=step_averages)
     config = recipe("fast", epochs=epochs, seed=seed, augment=augment)  # pinned: the first 105 trainings augmented
     torch.manual_seed(seed)
     from spikernel.nn.model import SNN
-    from spikernel.space.genotype import Genotype
 
     model = SNN(Genotype.parse(genotype), macro)
     started = time.perf_counter()
@@ -132,8 +136,6 @@ def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, a
 
 def result_row(genotype: str, seed: int, macro, proxies: dict, measured: dict, epochs: int, augment: bool) -> dict:
     """One ground-truth line: the cell, its footprint and proxies, and what its training measured."""
-    from spikernel.space.genotype import Genotype
-
     cell = Genotype.parse(genotype).pruned()
     fp = footprint(cell, macro)
     setting = {**MACRO, **({"step_averages": True} if macro.step_averages else {})}
@@ -158,10 +160,10 @@ def import_seed_noise(args, macro, batches, labels) -> None:
     Same numbers on the same machine; made on another CPU a training can differ at float level and
     so by a fraction of a point (docs/EVIDENCE.md), as a training run anywhere else would."""
     planned = set(plan(args.cells, args.repeated, args.seed))
-    done = set().union(*(done_keys(p) for p in parts(args.out)))
+    done = trained_pairs(args.out)
     path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
     proxies = functools.cache(lambda genotype: cell_proxies(genotype, macro, batches, labels))  # both seeds' rows
-    for row in read_rows_of(SEED_NOISE_PARTS):
+    for row in (row for part in parts(SEED_NOISE_OUT) for row in read_rows(part)):
         key = (row["genotype"], int(row["seed"]))
         if row["arm"] != SEED_NOISE_ARM or int(row["epochs"]) != args.epochs or key not in planned or key in done:
             continue
@@ -170,16 +172,12 @@ def import_seed_noise(args, macro, batches, labels) -> None:
         done.add(key)
 
 
-def read_rows_of(pattern: str) -> list[dict]:
-    return [row for path in sorted(RESULTS.glob(pattern)) for row in read_rows(path)]
-
-
 def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
     data, val, macro, batches, labels = scoring_setup(args.data_dir)
     mine = [p for i, p in enumerate(plan(args.cells, args.repeated, args.seed)) if i % args.workers == args.worker]
     path = part_path(args.out, args.worker)
-    done = set().union(*(done_keys(p) for p in parts(args.out)))
+    done = trained_pairs(args.out)
     for genotype, seed in mine:
         if (genotype, seed) in done:
             continue

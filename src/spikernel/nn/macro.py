@@ -23,6 +23,7 @@ ENCODING_NAMES = (DIRECT, "poisson", "latency")
 
 
 INPUT_STATS = ("input_mean", "input_std")
+ABSENT_AT_DEFAULT = ("step_averages", "surrogate_alpha")  # left out of to_dict at their defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,10 +143,10 @@ class MacroConfig:
                 data.pop(name)
         else:
             data["input_mean"], data["input_std"] = list(self.input_mean), list(self.input_std)
-        if not self.step_averages:  # absent at SNASNet's: older run.json files and studies still match
-            data.pop("step_averages")
-        if self.surrogate_alpha == SURROGATE_ALPHA:  # likewise: absent at the default
-            data.pop("surrogate_alpha")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ABSENT_AT_DEFAULT:  # settings newer than the oldest run.json files and studies: they still match
+            if data[name] == defaults[name]:
+                data.pop(name)
         return data
 
     @classmethod
