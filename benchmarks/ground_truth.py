@@ -110,13 +110,14 @@ def scoring_setup(data_dir: str | None):
     return data, val, macro_config().for_data(data), [data.normalize(b) for b in batches], labels
 
 
-def done_keys(path: Path) -> set[tuple[str, int]]:
-    return {(row["genotype"], int(row["seed"])) for row in read_rows(path)}
+def part_rows(out: Path) -> list[dict]:
+    """Every training in any part file of ``out``."""
+    return [row for part in parts(out) for row in read_rows(part)]
 
 
 def trained_pairs(out: Path) -> set[tuple[str, int]]:
     """(genotype, seed) of every training in any part file of ``out``."""
-    return set().union(*(done_keys(p) for p in parts(out)))
+    return {(row["genotype"], int(row["seed"])) for row in part_rows(out)}
 
 
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, augment: bool = True,
@@ -163,7 +164,7 @@ def import_seed_noise(args, macro, batches, labels) -> None:
     done = trained_pairs(args.out)
     path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
     proxies = functools.cache(lambda genotype: cell_proxies(genotype, macro, batches, labels))  # both seeds' rows
-    for row in (row for part in parts(SEED_NOISE_OUT) for row in read_rows(part)):
+    for row in part_rows(SEED_NOISE_OUT):
         key = (row["genotype"], int(row["seed"]))
         if row["arm"] != SEED_NOISE_ARM or int(row["epochs"]) != args.epochs or key not in planned or key in done:
             continue
@@ -210,7 +211,7 @@ def recompute(out: Path, names: list[str], data_dir: str | None = None) -> None:
 
 
 def merge(out: Path) -> None:
-    rows = [row for part in parts(out) for row in read_rows(part)]
+    rows = part_rows(out)
     rows.sort(key=lambda r: (int(r["params"]), r["genotype"], int(r["seed"])))
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
