@@ -32,6 +32,7 @@ from scipy.stats import ttest_ind
 from common import bootstrap_mean, study_parser, summary_or_run, work_share
 
 RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
+EQUAL_TIME = RESULTS.with_name("macro_vs_cell_equal_time.csv")
 SEARCH = dict(kernels="1x1_3x3", candidates=100, budget="300K", batch=64, repeats=2, seed=0)  # the main job's
 # Widths up to the preset's 16, so that an epoch costs about the same in both arms and equal time
 # means about equal epochs; the head and the pooling before it are where the preset's parameters are.
@@ -44,8 +45,8 @@ COMPARISONS = (("macro+cell", "cell"), ("macro+cell+refine4", "cell+refine4"), (
                ("cell+refine4", "cell"))
 
 
-def plan(seeds: int) -> list[tuple[str, int]]:
-    return [(arm, seed) for seed in range(seeds) for arm in ARMS]
+def plan(seeds: int, arms=tuple(ARMS)) -> list[tuple[str, int]]:
+    return [(arm, seed) for seed in range(seeds) for arm in arms]
 
 
 def pick(arm: str, data, work: Path):
@@ -60,20 +61,22 @@ def pick(arm: str, data, work: Path):
     return found
 
 
-def train_one(arm: str, seed: int, data, work: Path, epochs: int) -> dict:
+def train_one(arm: str, seed: int, data, work: Path, epochs: int, time_budget: float | None = None) -> dict:
     from spikernel.training.recipe import recipe
     from spikernel.training.run import train
 
     found = pick(arm, data, work)
     genotype, macro = found.best.genotype, found.best.macro
     started = time.perf_counter()
-    result = train(genotype, data, macro=macro, config=recipe("fast", epochs=epochs, seed=seed), device="cpu")
+    config = recipe("fast", epochs=epochs, seed=seed, time_budget=time_budget)
+    result = train(genotype, data, macro=macro, config=config, device="cpu")
     history = result.result["history"]
     return {"arm": arm, "genotype": str(genotype), "width": macro.width, "hidden": macro.hidden,
             "second_pool": macro.second_pool, "timesteps": macro.timesteps, "params": result.result["params"],
             "seed": seed, "epochs": len(history), "test_acc": round(result.test_acc, 5),
             "seconds": round(time.perf_counter() - started, 1), "search": json.dumps(SEARCH),
-            "refine": ARMS[arm][1], "refine_seconds": refine_seconds(found.selection)}
+            "refine": ARMS[arm][1], "refine_seconds": refine_seconds(found.selection),
+            **({"time_budget": time_budget} if time_budget is not None else {})}
 
 
 def refine_seconds(selection: dict) -> float | None:
@@ -115,7 +118,16 @@ def main(argv=None) -> None:
     parser = study_parser(__doc__, RESULTS)
     parser.add_argument("--work", type=Path, default=Path("runs") / "macro_vs_cell", help="the searches' folders")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per training (the main job's)")
-    summary_or_run(parser.parse_args(argv), summary, run_worker)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds per training instead of --epochs: as many epochs as fit (equal time per arm)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms of the study")
+    args = parser.parse_args(argv)
+    args.arms = args.arms.split(",")
+    if unknown := set(args.arms) - set(ARMS):
+        parser.error(f"unknown arm {sorted(unknown)[0]!r}; choose from {', '.join(ARMS)}")
+    if args.time_budget is not None and args.out == RESULTS:
+        parser.error(f"equal-time trainings go to their own --out (such as {EQUAL_TIME.name})")
+    summary_or_run(args, summary, run_worker)
 
 
 def run_worker(args) -> None:
@@ -124,11 +136,11 @@ def run_worker(args) -> None:
     data = load_dataset("fashion-mnist-mini")
 
     def train(item):
-        row = train_one(*item, data, args.work, args.epochs)
+        row = train_one(*item, data, args.work, args.epochs, args.time_budget)
         print(json.dumps({k: row[k] for k in ("arm", "genotype", "params", "seed", "epochs", "test_acc")}), flush=True)
         return row
 
-    work_share(args, plan(args.seeds), lambda row: (row["arm"], int(row["seed"])), train)
+    work_share(args, plan(args.seeds, args.arms), lambda row: (row["arm"], int(row["seed"])), train)
 
 
 if __name__ == "__main__":

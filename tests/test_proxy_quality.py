@@ -112,6 +112,17 @@ def test_noise_ceiling_falls_from_100_with_the_seed_noise():
     assert 40 < ceiling[100.0] < 70  # noise that swamps every difference: about a random pick
 
 
+def test_projected_ceiling_rises_with_seeds_per_cell():
+    truth = ground_truth(synthetic_records(seeds=(0,)))
+    groups = quality.size_bins(truth.column("footprint_bytes"), 3)
+    # noise of the same size as the spread within a bin: each bin's cells range over 5 points (sd ~1.5)
+    projected = {n: quality.projected_ceiling(truth, groups, 1.0, n, searches=200, search_size=30) for n in (1, 4, 64)}
+    assert projected[1] < projected[4] < projected[64]
+    noiseless = quality.projected_ceiling(truth, groups, 0.0, 1, searches=200, search_size=30)
+    assert projected[64] == pytest.approx(noiseless, abs=2.0)  # many seeds average the noise away
+    assert 40 < quality.projected_ceiling(truth, groups, 100.0, 1, searches=200, search_size=30) < 70
+
+
 def test_report_states_the_noise_ceiling(report):
     floor = report["noise_floor"]
     # every cell's two seeds differ by 1 point: the median difference, read as a normal's
@@ -119,6 +130,9 @@ def test_report_states_the_noise_ceiling(report):
     ceiling = floor["oracle_per_size_percentile"]
     assert 50 < ceiling["pooled_sd"] <= 100
     assert f"reach the {ceiling['robust_sd']:.1f}th per-size percentile" in markdown(json_ready(report))
+    projected = floor["oracle_per_size_percentile_at_seeds"]
+    assert list(projected) == list(quality.PROJECTED_SEEDS)
+    assert f"1 -> {projected[1]:.1f}" in markdown(json_ready(report))
 
 
 def test_size_conditioned_rule_picks_in_the_largest_bin(report):

@@ -424,12 +424,29 @@ def noise_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, searches: i
     normal. Heavy tails (a few cells failing, as one BatchNorm average does) make the pooled sd
     overstate it.
     """
+    return _oracle(truth, groups, sd, None, searches, search_size, seed)
+
+
+def projected_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, seeds: int, searches: int = 1000,
+                      search_size: int = 100, seed: int = 0) -> float:
+    """``noise_ceiling`` on a rerun of the same cells with ``seeds`` trainings each.
+
+    What more seeds per cell would allow: each search draws the cells' true accuracies from their
+    posterior, as ``noise_ceiling`` does, measures them again with noise sd / sqrt(seeds), and scores
+    the oracle's pick by the percentile of its new measurement among its bin's new measurements.
+    """
+    return _oracle(truth, groups, sd, seeds, searches, search_size, seed)
+
+
+def _oracle(truth: GroundTruth, groups: np.ndarray, sd: float, seeds: int | None, searches: int,
+            search_size: int, seed: int) -> float:
+    """The oracle's mean per-size percentile, against the measured accuracies (``seeds`` None) or
+    against a simulated remeasurement with ``seeds`` trainings per cell."""
     rng = np.random.default_rng(seed)
     measured, noise = truth.accuracy, sd**2 / np.array([len(s) for s in truth.seed_accuracy])
-    reference, reference_groups = measured[truth.distinct], groups[truth.distinct]
     centre, shrink, spread = (np.zeros(len(truth)) for _ in range(3))
     for group in np.unique(groups):
-        inside, own = groups == group, reference[reference_groups == group]
+        inside, own = groups == group, measured[truth.distinct][groups[truth.distinct] == group]
         signal = max(float(np.var(own, ddof=1)) - sd**2, 0.0) if len(own) > 1 else 0.0
         centre[inside] = own.mean()
         shrink[inside] = signal / (signal + noise[inside])
@@ -437,15 +454,25 @@ def noise_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, searches: i
     posterior = centre + shrink * (measured - centre)
     size, means = min(search_size, len(truth)), []
     for _ in range(searches):
-        picked = rng.choice(len(truth), size=size, replace=False)
-        true = posterior[picked] + spread[picked] * rng.standard_normal(size)
+        if seeds is None:
+            picked = rng.choice(len(truth), size=size, replace=False)
+            true, scored = np.full(len(truth), -np.inf), measured
+            true[picked] = posterior[picked] + spread[picked] * rng.standard_normal(size)
+        else:
+            true = posterior + spread * rng.standard_normal(len(truth))
+            scored = true + sd / math.sqrt(seeds) * rng.standard_normal(len(truth))
+            picked = rng.choice(len(truth), size=size, replace=False)
+        reference, reference_groups = scored[truth.distinct], groups[truth.distinct]
         percentiles = []
         for group in np.unique(groups[picked]):
-            inside = groups[picked] == group
-            pick = picked[inside][np.argmax(true[inside])]
-            percentiles.append(percentile_of(measured[pick], reference[reference_groups == group]))
+            inside = picked[groups[picked] == group]
+            pick = inside[np.argmax(true[inside])]
+            percentiles.append(percentile_of(scored[pick], reference[reference_groups == group]))
         means.append(np.mean(percentiles))
     return float(np.mean(means))
+
+
+PROJECTED_SEEDS = (1, 2, 4, 8)  # seeds per cell of a hypothetical rerun, for the report
 
 
 # --------------------------------------------------------------------------- the whole evaluation
@@ -477,6 +504,8 @@ def evaluate(truth: GroundTruth, bins: int | None = DEFAULT_SIZE_BINS, searches:
     if math.isfinite(floor["pooled_sd"]):
         floor["oracle_per_size_percentile"] = {
             kind: noise_ceiling(truth, groups, floor[kind], searches, search_size, seed) for kind in ("pooled_sd", "robust_sd")}
+        floor["oracle_per_size_percentile_at_seeds"] = {
+            n: projected_ceiling(truth, groups, floor["pooled_sd"], n, searches, search_size, seed) for n in PROJECTED_SEEDS}
     return {
         "target": truth.target, "units": "accuracy points", "genotypes": len(truth),
         "rows": sum(len(s) for s in truth.seed_accuracy), "size_bins": bins, "bin_sizes": np.bincount(groups).tolist(),
@@ -540,6 +569,10 @@ def markdown(report: dict) -> str:
                      f"cell's seed sd ({_fmt(noise['robust_sd'])}, from the median seed difference), the "
                      f"{_fmt(ceiling['pooled_sd'], 1)}th at the pooled sd; a rule above the latter shows the noise is "
                      "heavier-tailed than normal.")
+    if "oracle_per_size_percentile_at_seeds" in noise:
+        projected = ", ".join(f"{n} -> {_fmt(v, 1)}" for n, v in noise["oracle_per_size_percentile_at_seeds"].items())
+        lines.append(f"The same oracle on a rerun of these cells with n seeds each (`projected_ceiling`, pooled sd): "
+                     f"{projected}.")
     return "\n".join(lines + ["", *gain_table(report)]) + "\n"
 
 
