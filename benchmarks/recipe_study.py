@@ -56,6 +56,9 @@ ARMS = {
     "main-tau-2": (MAIN, {"timesteps": 2, "tau": 2.0}),  # the membrane keeps half per step, not a quarter
     "main-surrogate-alpha1": (MAIN, {"timesteps": 2, "surrogate_alpha": 1.0}),  # a wider, flatter ATan
     "main-surrogate-alpha4": (MAIN, {"timesteps": 2, "surrogate_alpha": 4.0}),  # a narrower, steeper one
+    # The head's dropout 0.5 (SNASNet's) off: in 3-epoch trainings of small networks it held training
+    # accuracy down (benchmarks/seed_noise.py's arm "per-step, no dropout").
+    "main-dropout0": (MAIN, {"timesteps": 2, "dropout": 0.0}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 

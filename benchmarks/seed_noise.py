@@ -9,6 +9,11 @@ retrains those same 24 cells under the same two seeds, macro, data split and epo
 - ``plain``: the ``fast`` recipe without crop and flip (today's default at 3 epochs);
 - ``plain, per-step averages``: the same with ``step_averages=True``.
 
+Two later arms change one more setting of that last one, to see whether the recipe, not only the
+BatchNorm averages, sets the noise of these short trainings (their training accuracies were 59-78%):
+``per-step, lr 1e-2`` (twice the ``fast`` recipe's peak learning rate) and ``per-step, no dropout``
+(the head's dropout 0.5 off). ``--arm NAME`` (repeated) picks the arms a worker trains.
+
 The ground truth's own trainings are the third arm (``augmented``), read from its CSV. Each finished
 training is one row of its worker's part CSV (resumable, worker k of n takes every n-th); cell by cell, both
 arms and both seeds, so a partial run compares the arms on the same cells. ``--summary``
@@ -34,7 +39,12 @@ from common import append_row, read_rows, study_parser, summary_or_run
 from ground_truth import DEFAULT_OUT as GROUND_TRUTH, training_split, macro_config
 
 RESULTS = Path(__file__).parent / "results" / "seed_noise_fmnist_mini.csv"
-ARMS = {"plain": False, "plain, per-step averages": True}  # arm -> step_averages
+# arm -> what it sets: MacroConfig fields (MACRO_FIELDS), the rest the recipe's
+ARMS = {"plain": {}, "plain, per-step averages": {"step_averages": True},
+        "per-step, lr 1e-2": {"step_averages": True, "lr": 1e-2},
+        "per-step, no dropout": {"step_averages": True, "dropout": 0.0}}
+FIRST_ARMS = tuple(ARMS)[:2]  # the study as it first ran: one average against per-step ones
+MACRO_FIELDS = ("step_averages", "dropout")
 SEEDS = (0, 1)
 
 
@@ -47,14 +57,15 @@ def ground_truth_pairs(path: Path = GROUND_TRUTH) -> dict[str, dict[int, dict]]:
     return {g: seeds for g, seeds in cells.items() if set(SEEDS) <= set(seeds)}
 
 
-def plan() -> list[tuple[str, str, int]]:
+def plan(arms=tuple(ARMS)) -> list[tuple[str, str, int]]:
     """(arm, genotype, seed), cell by cell in the ground truth's CSV order: the plain arm's first three
     cells (the pilot that found a 14.7-point seed difference without crop and flip), then each cell's
-    two arms and two seeds together."""
+    first two arms and two seeds together, then the later arms' the same way."""
     cells = list(ground_truth_pairs())
     pilot = [("plain", g, seed) for g in cells[:3] for seed in SEEDS]
-    return pilot + [(arm, g, seed) for g in cells for arm in ARMS for seed in SEEDS
-                     if (arm, g, seed) not in pilot]
+    first = pilot + [(arm, g, seed) for g in cells for arm in FIRST_ARMS for seed in SEEDS if (arm, g, seed) not in pilot]
+    later = [(arm, g, seed) for g in cells for arm in ARMS if arm not in FIRST_ARMS for seed in SEEDS]
+    return [item for item in first + later if item[0] in arms]
 
 
 def train_one(arm: str, genotype: str, seed: int, data, val, epochs: int) -> dict:
@@ -63,8 +74,10 @@ def train_one(arm: str, genotype: str, seed: int, data, val, epochs: int) -> dic
     from spikernel.training.loop import evaluate, fit
     from spikernel.training.recipe import recipe
 
-    macro = replace(macro_config().for_data(data), step_averages=ARMS[arm])
-    config = recipe("fast", epochs=epochs, seed=seed, augment=False)
+    settings = ARMS[arm]
+    macro = replace(macro_config().for_data(data), **{k: v for k, v in settings.items() if k in MACRO_FIELDS})
+    config = recipe("fast", epochs=epochs, seed=seed, augment=False,
+                    **{k: v for k, v in settings.items() if k not in MACRO_FIELDS})
     torch.manual_seed(seed)  # as the ground truth seeds its trainings
     model = SNN(Genotype.parse(genotype), macro)
     started = time.perf_counter()
@@ -80,7 +93,7 @@ def run_worker(args) -> None:
     data, val = training_split(args.data_dir)
     done = {(r["arm"], r["genotype"], int(r["seed"])) for r in trained(args.out)}
     part = args.out.with_name(f"{args.out.stem}.part{args.worker}.csv")  # one writer per file
-    for i, (arm, genotype, seed) in enumerate(plan()):
+    for i, (arm, genotype, seed) in enumerate(plan(args.arms)):
         if i % args.workers == args.worker and (arm, genotype, seed) not in done:
             row = train_one(arm, genotype, seed, data, val, args.epochs)
             append_row(part, row)
@@ -150,7 +163,7 @@ def same_trainings(differences: dict, rows: dict) -> str:
 
     from common import bootstrap_mean
 
-    one, per = ARMS
+    one, per = FIRST_ARMS
     pairs = [(rows[one, g, s], rows[per, g, s]) for (arm, g, s) in rows if arm == per and (one, g, s) in rows]
     if len(pairs) < 2:
         return ""
@@ -197,7 +210,11 @@ def main(argv=None) -> None:
     parser = study_parser(__doc__, RESULTS, seeds=None)
     parser.add_argument("--epochs", type=int, default=3, help="the ground truth's")
     parser.add_argument("--data-dir")
-    summary_or_run(parser.parse_args(argv), summary, run_worker)
+    parser.add_argument("--arm", dest="arms", action="append", choices=list(ARMS),
+                        help="an arm this worker trains (repeat for more) [all]")
+    args = parser.parse_args(argv)
+    args.arms = args.arms or list(ARMS)
+    summary_or_run(args, summary, run_worker)
 
 
 if __name__ == "__main__":

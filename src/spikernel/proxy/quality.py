@@ -34,6 +34,7 @@ from scipy.stats import kendalltau
 
 from spikernel.errors import DatasetError
 from spikernel.files import _atomic
+from spikernel.proxy import VOTES
 from spikernel.proxy.combine import DEFAULT_SIZE_BINS, rank_vote, ranks, size_bins, size_first
 
 PROXY_PREFIX = "proxy_"
@@ -211,7 +212,8 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
     """Rules that order a set of candidate rows, higher = picked first.
 
     Each proxy by itself (``params`` is the params pick), ``vote`` (mean rank of ``vote``,
-    default every zero-cost proxy but params) and ``vote+params``, ``sized:<proxy>``
+    default every zero-cost proxy but params) and ``vote+params``, the library's other votes
+    (``proxy.VOTES``, such as ``synflow+params``) whose members are all measured, ``sized:<proxy>``
     (``combine.size_first``: the proxy's pick among the largest bin of the set), and ``random``.
     With short trainings' rungs among the proxies (``rung1``, ``rung2``: validation accuracy after
     each), ``refine<K>:<screen>``: refinement of the screen's best K (``refinement_order``).
@@ -223,12 +225,15 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
     if vote:
         rules["vote"] = lambda rows, rng: np.asarray(rank_vote(rows, vote))
         rules["vote+params"] = lambda rows, rng: np.asarray(rank_vote(rows, [*vote, "params"]))
+    for name, names in VOTES.items():
+        if name not in rules and set(names) <= set(proxies):
+            rules[name] = lambda rows, rng, names=names: np.asarray(rank_vote(rows, names))
     for p in others:
         rules[f"sized:{p}"] = lambda rows, rng, p=p: np.asarray(size_first(rows, p, SIZE, bins))
     rules["random"] = lambda rows, rng: rng.random(len(rows))
     if rungs:
         for k in REFINE_K:
-            for screen in ("sahd", "params", "vote+params"):
+            for screen in REFINE_SCREENS:
                 if screen in rules:
                     rules[f"refine{k}:{screen}"] = (lambda rows, rng, k=k, s=screen:
                                                     refinement_order(rows, rules[s](rows, rng), rungs, k, rng))
@@ -237,6 +242,7 @@ def selection_rules(proxies: Sequence[str], vote: Sequence[str] | None = None,
 
 RUNG = "rung"  # proxy_rung<E>: validation accuracy after epoch E of a short training (a trained proxy)
 REFINE_K = (4, 8)
+REFINE_SCREENS = ("sahd", "params", "vote+params", "synflow+params")  # what refinement rules screen by
 
 
 def refinement_order(rows: Sequence[dict], screen: np.ndarray, rungs: Sequence[str], k: int,
