@@ -158,3 +158,16 @@ def test_rank_within_size_and_size_first():
     assert rank_within_size(rows, "p", size="s", bins=None) == [0.0, 1.0, 0.5, 1.0, 0.0, 0.5]
     order = np.argsort(size_first(rows, "p", size="s", bins=None))[::-1].tolist()
     assert order == [5, 3, 4, 1, 2, 0]  # biggest size first, the proxy's order inside each size
+
+
+def test_the_cheap_vote_ranks_by_synflow_and_size_alone():
+    import spikernel as sk
+    from spikernel.data.datasets import load_dataset
+    from spikernel.nn.model import get_preset
+
+    data = load_dataset("fashion-mnist-mini")
+    cells = ["0302 0030 3003 0000", "0001 0000 0000 0000", "0003 3000 0000 0000"]
+    scored = sk.score(cells, get_preset("fmnist-tiny", timesteps=2), data, proxy="synflow+params", batch=8, repeats=1)
+    assert all(set(s.proxies) == {"synflow", "params"} for s in scored)  # nothing else is computed
+    assert [s.score for s in scored] == rank_vote([s.proxies for s in scored], ["synflow", "params"])
+    assert scored[1].score == 1.0  # the one-edge cell is last by both
