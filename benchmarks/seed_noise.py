@@ -9,10 +9,11 @@ retrains those same 24 cells under the same two seeds, macro, data split and epo
 - ``plain``: the ``fast`` recipe without crop and flip (today's default at 3 epochs);
 - ``plain, per-step averages``: the same with ``step_averages=True``.
 
-Two later arms change one more setting of that last one, to see whether the recipe, not only the
+Later arms change more settings of that last one, to see whether the recipe, not only the
 BatchNorm averages, sets the noise of these short trainings (their training accuracies were 59-78%):
-``per-step, lr 1e-2`` (twice the ``fast`` recipe's peak learning rate) and ``per-step, no dropout``
-(the head's dropout 0.5 off). ``--arm NAME`` (repeated) picks the arms a worker trains.
+``per-step, lr 1e-2`` (twice the ``fast`` recipe's peak learning rate), ``per-step, no dropout``
+(the head's dropout 0.5 off) and ``per-step, no dropout, precise BN`` (that, with the running averages
+recomputed for the final weights on 4,096 training images: ``TrainConfig.precise_bn``). ``--arm NAME`` (repeated) picks the arms a worker trains.
 
 The ground truth's own trainings are the third arm (``augmented``), read from its CSV. Each finished
 training is one row of its worker's part CSV (resumable, worker k of n takes every n-th); cell by cell, both
@@ -39,10 +40,12 @@ from common import append_row, read_rows, study_parser, summary_or_run
 from ground_truth import DEFAULT_OUT as GROUND_TRUTH, training_split, macro_config
 
 RESULTS = Path(__file__).parent / "results" / "seed_noise_fmnist_mini.csv"
+PRECISE_BN = 4096  # training images the BatchNorm averages are recomputed on (TrainConfig.precise_bn)
 # arm -> what it sets: MacroConfig fields (MACRO_FIELDS), the rest the recipe's
 ARMS = {"plain": {}, "plain, per-step averages": {"step_averages": True},
         "per-step, lr 1e-2": {"step_averages": True, "lr": 1e-2},
-        "per-step, no dropout": {"step_averages": True, "dropout": 0.0}}
+        "per-step, no dropout": {"step_averages": True, "dropout": 0.0},
+        "per-step, no dropout, precise BN": {"step_averages": True, "dropout": 0.0, "precise_bn": PRECISE_BN}}
 FIRST_ARMS = tuple(ARMS)[:2]  # the study as it first ran: one average against per-step ones
 MACRO_FIELDS = ("step_averages", "dropout")
 SEEDS = (0, 1)
@@ -153,7 +156,8 @@ def summary(path: Path) -> str:
                      f"{tau:.2f} | {100 * accs.mean():.2f}% | "
                      f"{f'{100 * np.mean(train):.2f}%' if train else '—'} | "
                      f"{f'{failing} of {len(own)}' if own else '—'} | {versus} |")
-    return "\n".join(lines + ["", same_trainings(differences, rows), "", proxy_agreement(differences, rows)])
+    return "\n".join(lines + ["", same_trainings(differences, rows), "", *later_arms(differences, rows), "",
+                               proxy_agreement(differences, rows)])
 
 
 def same_trainings(differences: dict, rows: dict) -> str:
@@ -176,6 +180,28 @@ def same_trainings(differences: dict, rows: dict) -> str:
             f"validation accuracy {gain[0]:+.2f} points [{gain[1]:+.2f}, {gain[2]:+.2f}]; over {len(cells)} cells the "
             f"seed difference {centre:+.2f} points [{low:+.2f}, {high:+.2f}] in size"
             + (f", Wilcoxon p = {wilcoxon(spread).pvalue:.3g}" if any(spread) else "") + ".")
+
+
+def later_arms(differences: dict, rows: dict) -> list[str]:
+    """Each later arm against the per-step one, paired over the cells both have: the size of the seed
+    difference and the validation accuracy (paired by cell and seed)."""
+    from scipy.stats import wilcoxon
+
+    from common import bootstrap_mean
+
+    per = FIRST_ARMS[1]
+    lines = []
+    for arm in ARMS:
+        cells = [g for g in differences.get(arm, {}) if g in differences[per]] if arm not in FIRST_ARMS else []
+        if len(cells) < 2:
+            continue
+        spread = [abs(differences[arm][g]) - abs(differences[per][g]) for g in cells]
+        accuracy = [100 * (float(rows[arm, g, s]["val_acc"]) - float(rows[per, g, s]["val_acc"])) for g in cells for s in SEEDS]
+        (c, lo, hi), (a, alo, ahi) = bootstrap_mean(spread), bootstrap_mean(accuracy)
+        lines.append(f"- {arm} against {per}, {len(cells)} cells: seed difference {c:+.2f} points [{lo:+.2f}, {hi:+.2f}] "
+                     f"in size" + (f" (Wilcoxon p = {wilcoxon(spread).pvalue:.3g})" if any(spread) else "")
+                     + f"; validation accuracy {a:+.2f} [{alo:+.2f}, {ahi:+.2f}] over {len(accuracy)} trainings.")
+    return lines
 
 
 def proxy_agreement(differences: dict, rows: dict, proxies=("params", "sahd", "grad_norm")) -> str:

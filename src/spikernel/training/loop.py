@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikernel.training import health
+from spikernel.training.batchnorm import recalibrate
 from spikernel.training.checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint, write_metrics_csv
 from spikernel.data.datasets import Dataset, Split
 from spikernel.training.distributed import SINGLE, World, wrap
@@ -36,6 +37,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # docs/RESULTS.md): a short training has not fitted the images it has, so it gains nothing from variants of them.
 AUGMENT_FROM_EPOCHS = 5
 SCHEDULES = ("cosine", "onecycle")
+ABSENT_WHEN_OFF = ("step_loss", "precise_bn")  # left out of a run's identity when off: they came later
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training step (a slow first batch, faster after)
     fused_lif: bool = True  # train on the LIF's fused kernel (same numbers as spikingjelly's)
     eval_batch: int = 256
+    # Training images to recompute BatchNorm's running averages on after each epoch, with that epoch's
+    # final weights (``training.batchnorm``, "precise BN"); 0: the momentum averages of training.
+    precise_bn: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.precise_bn < 0:
+            raise ConfigError(f"precise_bn must be a number of images, got {self.precise_bn}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
@@ -89,7 +96,7 @@ class TrainConfig:
         step executes (compiled or not, fused LIF or spikingjelly's, eval batch) does not belong, and
         under a time budget the epochs are what the budget allowed, stored with the run."""
         skip = ("compile", "fused_lif", "eval_batch") + (("epochs",) if self.time_budget is not None else ())
-        skip += () if self.step_loss else ("step_loss",)  # runs from before the setting existed resume
+        skip += tuple(name for name in ABSENT_WHEN_OFF if not getattr(self, name))  # older runs resume
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     @classmethod
@@ -448,6 +455,9 @@ def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, 
         row.update(train_epoch(step_model, dataset, optimizer, scheduler, config, epoch, shuffle, device, on_batch,
                                world, augmentation))
     train_seconds = time.perf_counter() - started
+    if config.precise_bn:
+        count = min(config.precise_bn, train_count(dataset, config))  # of the images it trains on
+        recalibrate(model, _first_images(dataset, count, config.eval_batch, device))
     world.broadcast(list(model.buffers()))  # evaluate with rank 0's BatchNorm statistics, as saved
     row.update(evaluate(model, dataset, batch_size=config.eval_batch, device=device, world=world,
                         amp=amp_enabled(config, device)))
@@ -459,6 +469,13 @@ def _run_epoch(model, step_model, dataset, optimizer, scheduler, config, epoch, 
     row["train_img_per_s"] = train_count(dataset, config) / train_seconds
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def _first_images(dataset: Dataset, count: int, batch_size: int, device) -> Iterator[torch.Tensor]:
+    """The first ``count`` training images as model inputs, in batches (no augmentation)."""
+    index = torch.arange(count)
+    for start in range(0, len(index), batch_size):
+        yield input_batch(dataset, dataset.train, index[start : start + batch_size], device, None, False)[0]
 
 
 def _record(run_dir: Path, model, optimizer, scheduler, history, config: TrainConfig, writer) -> None:
