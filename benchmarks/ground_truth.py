@@ -15,10 +15,11 @@ recomputes proxy columns in the part files (when no worker runs), for a proxy wh
     python benchmarks/ground_truth.py --worker 1 --workers 2 &
     python benchmarks/ground_truth.py --merge
 
-``--no-augment --step-averages --out FILE`` trains the same plan at the setting ``seed_noise.py``
-measured with the lowest seed noise; ``--import-seed-noise`` (with those two flags, before the
-workers) first copies in the 48 trainings ``seed_noise.py`` made of the same cells and seeds at that
-setting, so the workers skip them.
+``--no-augment --step-averages --out FILE`` trains the same plan with per-step BatchNorm averages
+(``seed_noise.py``'s arm ``plain, per-step averages``); ``--dropout 0`` and ``--precise-bn N`` change
+the head's dropout and recompute the BatchNorm averages for the final weights (its later arms).
+``--import-seed-noise`` (before the workers) first copies in the 48 trainings ``seed_noise.py`` made of
+the same cells and seeds at the same setting, so the workers skip them.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ DEFAULT_OUT = RESULTS / "ground_truth_fmnist_mini.csv"
 MACRO = dict(preset="fmnist-tiny", timesteps=2)  # ~10-25K parameters: a CPU can train hundreds
 VALIDATION = 1000  # training images held out for validation accuracy
 SCORING = dict(batch=64, repeats=2)
-# seed_noise.py's trainings at the per-step setting: the same as this one's with --no-augment --step-averages
-SEED_NOISE_OUT, SEED_NOISE_ARM = RESULTS / "seed_noise_fmnist_mini.csv", "plain, per-step averages"
+SEED_NOISE_OUT = RESULTS / "seed_noise_fmnist_mini.csv"  # its arms' trainings: this plan's cells and seeds
+# A setting (what a ground truth or a seed-noise arm changes) is a dict: these keys are MacroConfig
+# fields, the others the recipe's.
+MACRO_FIELDS = ("step_averages", "dropout")
 
 
 def stratified_cells(count: int, seed: int = 0, pool: int = 4000) -> list[str]:
@@ -120,10 +123,17 @@ def trained_pairs(out: Path) -> set[tuple[str, int]]:
     return {(row["genotype"], int(row["seed"])) for row in part_rows(out)}
 
 
+def split_setting(setting: dict) -> tuple[dict, dict]:
+    """A setting's (MacroConfig fields, recipe fields)."""
+    return ({k: v for k, v in setting.items() if k in MACRO_FIELDS},
+            {k: v for k, v in setting.items() if k not in MACRO_FIELDS})
+
+
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, augment: bool = True,
-              step_averages: bool = False) -> dict:
-    macro = replace(macro_config().for_data(data), step_averages=step_averages)
-    config = recipe("fast", epochs=epochs, seed=seed, augment=augment)  # pinned: the first 105 trainings augmented
+              setting: dict | None = None) -> dict:
+    fields, overrides = split_setting(setting or {})
+    macro = replace(macro_config().for_data(data), **fields)
+    config = recipe("fast", epochs=epochs, seed=seed, augment=augment, **overrides)  # pinned: the first 105 trainings augmented
     torch.manual_seed(seed)
     from spikernel.nn.model import SNN
 
@@ -132,20 +142,22 @@ def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, a
     history = fit(model, data, config)
     val_acc = evaluate(model, data, val, spike_rates=False)["test_acc"]
     measured = {"val_acc": val_acc, "test_acc": history[-1]["test_acc"], "seconds": time.perf_counter() - started}
-    return result_row(genotype, seed, macro, proxies, measured, epochs, augment)
+    return result_row(genotype, seed, macro, proxies, measured, epochs, augment, config.precise_bn)
 
 
-def result_row(genotype: str, seed: int, macro, proxies: dict, measured: dict, epochs: int, augment: bool) -> dict:
+def result_row(genotype: str, seed: int, macro, proxies: dict, measured: dict, epochs: int, augment: bool,
+               precise_bn: int = 0) -> dict:
     """One ground-truth line: the cell, its footprint and proxies, and what its training measured."""
     cell = Genotype.parse(genotype).pruned()
     fp = footprint(cell, macro)
-    setting = {**MACRO, **({"step_averages": True} if macro.step_averages else {})}
+    setting = {**MACRO, **({"step_averages": True} if macro.step_averages else {}),
+               **({"dropout": macro.dropout} if macro.dropout != macro_config().dropout else {})}
     return {"genotype": genotype, "cell": cell.cell_type, "macro": json.dumps(setting),
             "params": fp.params, "footprint_bytes": fp.bytes(32),
             **{f"proxy_{k}": v for k, v in proxies.items()},
             "val_acc": round(float(measured["val_acc"]), 5), "test_acc": round(float(measured["test_acc"]), 5),
             "epochs": epochs, "seconds": round(float(measured["seconds"]), 2), "seed": seed,
-            "recipe": "fast" if augment else "fast, no crop/flip"}
+            "recipe": ("fast" if augment else "fast, no crop/flip") + (f", precise BN {precise_bn}" if precise_bn else "")}
 
 
 def cell_proxies(genotype: str, macro, batches, labels) -> dict:
@@ -155,21 +167,27 @@ def cell_proxies(genotype: str, macro, batches, labels) -> dict:
 
 def import_seed_noise(args, macro, batches, labels) -> None:
     """Copy into this ground truth the trainings ``seed_noise.py`` already made at its exact setting
-    (no crop/flip, per-step averages, the same cells, seeds, split, epochs; its ``train_one`` is this
+    (the arm of the same setting: the same cells, seeds, split, epochs; its ``train_one`` is this
     one's), so that they are not repeated; their proxies are computed here as every worker's are.
 
     Same numbers on the same machine; made on another CPU a training can differ at float level and
     so by a fraction of a point (docs/EVIDENCE.md), as a training run anywhere else would."""
+    from seed_noise import ARMS  # it imports this module
+
+    arm = next((name for name, setting in ARMS.items() if setting == args.setting), None)
+    if arm is None:
+        raise SystemExit(f"seed_noise.py has no arm at this setting ({args.setting}); nothing imported")
+    fields, overrides = split_setting(args.setting)
     planned = set(plan(args.cells, args.repeated, args.seed))
     done = trained_pairs(args.out)
     path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
     proxies = functools.cache(lambda genotype: cell_proxies(genotype, macro, batches, labels))  # both seeds' rows
     for row in part_rows(SEED_NOISE_OUT):
         key = (row["genotype"], int(row["seed"]))
-        if row["arm"] != SEED_NOISE_ARM or int(row["epochs"]) != args.epochs or key not in planned or key in done:
+        if row["arm"] != arm or int(row["epochs"]) != args.epochs or key not in planned or key in done:
             continue
-        append_row(path, result_row(*key, replace(macro, step_averages=True),
-                                    proxies(key[0]), row, args.epochs, augment=False))
+        append_row(path, result_row(*key, replace(macro, **fields), proxies(key[0]), row, args.epochs,
+                                    augment=False, precise_bn=overrides.get("precise_bn", 0)))
         done.add(key)
 
 
@@ -183,7 +201,7 @@ def run_worker(args) -> None:
         if (genotype, seed) in done:
             continue
         proxies = cell_proxies(genotype, macro, batches, labels)
-        result = train_one(genotype, seed, data, val, proxies, args.epochs, args.augment, args.step_averages)
+        result = train_one(genotype, seed, data, val, proxies, args.epochs, args.augment, args.setting)
         append_row(path, result)
         print(json.dumps({k: result[k] for k in ("genotype", "seed", "params", "val_acc", "test_acc", "seconds")}),
               flush=True)
@@ -235,13 +253,17 @@ def main(argv=None) -> None:
                         help="without crop and flip (the recipe's own choice at these epochs)")
     parser.add_argument("--step-averages", action="store_true",
                         help="BatchNorm running averages per timestep (benchmarks/seed_noise.py: the noise floor)")
+    parser.add_argument("--dropout", type=float, help="the head's dropout [the preset's 0.5]")
+    parser.add_argument("--precise-bn", type=int, default=0,
+                        help="recompute the BatchNorm averages for the final weights on N training images")
     parser.add_argument("--import-seed-noise", action="store_true",
-                        help="with --no-augment --step-averages: take seed_noise.py's trainings of that setting "
-                             "instead of repeating them")
+                        help="with --no-augment: take seed_noise.py's trainings of this setting instead of repeating them")
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--recompute", help="comma-separated proxies to recompute in every part file")
     args = parser.parse_args(argv)
-    if (args.step_averages or not args.augment) and args.out == DEFAULT_OUT:
+    args.setting = {k: v for k, v in (("step_averages", args.step_averages or None), ("dropout", args.dropout),
+                                      ("precise_bn", args.precise_bn or None)) if v is not None}
+    if (args.setting or not args.augment) and args.out == DEFAULT_OUT:
         parser.error("a ground truth at another recipe or macro goes to its own --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.recompute:
@@ -250,8 +272,8 @@ def main(argv=None) -> None:
     elif args.merge:
         merge(args.out)
     elif args.import_seed_noise:
-        if args.augment or not args.step_averages:
-            parser.error("--import-seed-noise takes trainings made without crop/flip, with per-step averages")
+        if args.augment:
+            parser.error("--import-seed-noise takes trainings made without crop and flip: add --no-augment")
         _, _, macro, batches, labels = scoring_setup(args.data_dir)
         import_seed_noise(args, macro, batches, labels)
     else:

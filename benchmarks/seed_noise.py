@@ -37,17 +37,16 @@ import numpy as np
 import torch
 
 from common import append_row, read_rows, study_parser, summary_or_run
-from ground_truth import DEFAULT_OUT as GROUND_TRUTH, training_split, macro_config
+from ground_truth import DEFAULT_OUT as GROUND_TRUTH, split_setting, training_split, macro_config
 
 RESULTS = Path(__file__).parent / "results" / "seed_noise_fmnist_mini.csv"
 PRECISE_BN = 4096  # training images the BatchNorm averages are recomputed on (TrainConfig.precise_bn)
-# arm -> what it sets: MacroConfig fields (MACRO_FIELDS), the rest the recipe's
+# arm -> its setting (ground_truth.split_setting: MacroConfig fields and recipe fields)
 ARMS = {"plain": {}, "plain, per-step averages": {"step_averages": True},
         "per-step, lr 1e-2": {"step_averages": True, "lr": 1e-2},
         "per-step, no dropout": {"step_averages": True, "dropout": 0.0},
         "per-step, no dropout, precise BN": {"step_averages": True, "dropout": 0.0, "precise_bn": PRECISE_BN}}
 FIRST_ARMS = tuple(ARMS)[:2]  # the study as it first ran: one average against per-step ones
-MACRO_FIELDS = ("step_averages", "dropout")
 SEEDS = (0, 1)
 
 
@@ -77,10 +76,9 @@ def train_one(arm: str, genotype: str, seed: int, data, val, epochs: int) -> dic
     from spikernel.training.loop import evaluate, fit
     from spikernel.training.recipe import recipe
 
-    settings = ARMS[arm]
-    macro = replace(macro_config().for_data(data), **{k: v for k, v in settings.items() if k in MACRO_FIELDS})
-    config = recipe("fast", epochs=epochs, seed=seed, augment=False,
-                    **{k: v for k, v in settings.items() if k not in MACRO_FIELDS})
+    fields, overrides = split_setting(ARMS[arm])
+    macro = replace(macro_config().for_data(data), **fields)
+    config = recipe("fast", epochs=epochs, seed=seed, augment=False, **overrides)
     torch.manual_seed(seed)  # as the ground truth seeds its trainings
     model = SNN(Genotype.parse(genotype), macro)
     started = time.perf_counter()
