@@ -59,6 +59,8 @@ ARMS = {
     # The head's dropout 0.5 (SNASNet's) off: in 3-epoch trainings of small networks it held training
     # accuracy down (benchmarks/seed_noise.py's arm "per-step, no dropout").
     "main-dropout0": (MAIN, {"timesteps": 2, "dropout": 0.0}),
+    # BatchNorm averages recomputed for each epoch's final weights on 4,096 training images (TrainConfig.precise_bn).
+    "main-precise-bn": ({**MAIN, "precise_bn": 4096}, {"timesteps": 2}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 
