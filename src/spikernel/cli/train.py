@@ -67,6 +67,9 @@ RESULTS = ("result.json",)
               help="Random crop and flip [the recipe's: fast from 5 epochs on, snasnet always].")
 @click.option("--step-loss/--mean-loss", default=None,
               help="Cross-entropy of every timestep's logits (TET) or of their mean [mean].")
+@click.option("--precise-bn", type=click.IntRange(min=0), default=None,
+              help="Recompute BatchNorm's running averages for each epoch's final weights on the first N training "
+                   "images before evaluating [0: the momentum averages of training].")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [on for CUDA GPUs].")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="torch.compile the training step (slow first batch, faster after).")
@@ -75,8 +78,8 @@ RESULTS = ("result.json",)
 @click.option("--resume", is_flag=True, help="Require a run to continue in --out (re-running the command resumes anyway).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
-          preset, width, encoding, step_averages, lr, seed, limit_train, augment, step_loss, amp, compile_, device, threads,
-          resume, out):
+          preset, width, encoding, step_averages, lr, seed, limit_train, augment, step_loss, precise_bn, amp, compile_,
+          device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
     also = [from_search / "selection.json"] if from_search is not None else []
     asked = request_of("train", click.get_current_context().params, data_dir, dataset or (None if from_search else
@@ -101,8 +104,8 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
     macro = resolve_macro(data, searched_macro, preset, width, timesteps, encoding, step_averages)
     apply_threads(threads)
     config = recipe(recipe_name, epochs=epochs or DEFAULT_EPOCHS.get(data.name, 300), batch_size=batch_size, lr=lr,
-                    seed=seed, limit_train=limit_train, augment=augment, step_loss=step_loss, amp=amp, compile=compile_,
-                    time_budget=time_budget)
+                    seed=seed, limit_train=limit_train, augment=augment, step_loss=step_loss, precise_bn=precise_bn,
+                    amp=amp, compile=compile_, time_budget=time_budget)
     with rendered_events() as on_event:
         trained = run_train(genotype, data, out=out, macro=macro, config=config, device=device, resume=resume,
                             command=" ".join(["spikernel", *sys.argv[1:]]), on_event=on_event,
