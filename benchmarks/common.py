@@ -117,6 +117,16 @@ def bootstrap_mean(values, minus=None, draws: int = 10000, seed: int = 0) -> tup
     return centre, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def welch_difference(a, b) -> str:
+    """``a`` less ``b`` (independent samples, in points): the difference, its 95% bootstrap interval and
+    Welch's p, as one phrase."""
+    from scipy.stats import ttest_ind
+
+    a, b = list(a), list(b)
+    diff, low, high = bootstrap_mean(a, minus=b)
+    return f"{diff:+.2f} points [{low:+.2f}, {high:+.2f}], Welch p = {ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+
+
 def study_parser(doc: str, out, seeds: int | None = 3, summary: bool = True):
     """The options every resumable training study shares: its CSV, seeds, this worker's share and threads
     (``seeds=None`` / ``summary=False``: a study without those options)."""

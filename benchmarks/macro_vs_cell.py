@@ -27,9 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from scipy.stats import ttest_ind
-
-from common import bootstrap_mean, study_parser, summary_or_run, work_share
+from common import study_parser, summary_or_run, welch_difference, work_share
 
 RESULTS = Path(__file__).parent / "results" / "macro_vs_cell.csv"
 EQUAL_TIME = RESULTS.with_name("macro_vs_cell_equal_time.csv")
@@ -107,10 +105,7 @@ def summary(path: Path) -> str:
     for arm, against in COMPARISONS:
         a, b = acc[arm], acc[against]
         if len(a) > 1 and len(b) > 1:
-            diff, low, high = bootstrap_mean(a, minus=b)
-            p = ttest_ind(a, b, equal_var=False).pvalue
-            lines.append(f"- {arm} - {against}: {diff:+.2f} points, 95% bootstrap interval [{low:+.2f}, {high:+.2f}], "
-                         f"Welch p = {p:.3f}")
+            lines.append(f"- {arm} - {against}: {welch_difference(a, b)}")
     return "\n".join(lines)
 
 

@@ -24,9 +24,9 @@ import statistics
 import time
 from pathlib import Path
 
-from scipy.stats import ttest_ind, ttest_rel
+from scipy.stats import ttest_rel
 
-from common import bootstrap_mean, read_rows, study_parser, summary_or_run, work_share
+from common import bootstrap_mean, read_rows, study_parser, summary_or_run, welch_difference, work_share
 
 RESULTS = Path(__file__).parent / "results" / "pick_check.csv"
 KERNEL_SETS = ("1x1_3x3", "1x1_5x5", "1x1_7x7")  # the main job's
@@ -87,10 +87,8 @@ def summary(path: Path) -> str:
             mine, base = acc.get((kernels, ranking), {}), acc.get((kernels, BASELINE), {})
             if len(mine) > 1 and len(base) > 1:
                 same = picks[kernels, ranking]["genotype"] == picks[kernels, BASELINE]["genotype"]
-                diff, low, high = bootstrap_mean(list(mine.values()), minus=list(base.values()))
-                p = ttest_ind(list(mine.values()), list(base.values()), equal_var=False).pvalue
-                lines.append(f"- {kernels}, {ranking} - {BASELINE}: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
-                             f"Welch p = {p:.3f}" + (" (the same pick)" if same else ""))
+                lines.append(f"- {kernels}, {ranking} - {BASELINE}: {welch_difference(mine.values(), base.values())}"
+                             + (" (the same pick)" if same else ""))
             paired += [(mine[s], base[s]) for s in sorted(set(mine) & set(base))]
         if len(paired) > 1:
             a, b = zip(*paired)
