@@ -47,6 +47,10 @@ ARMS = {"plain": {}, "plain, per-step averages": {"step_averages": True},
         "per-step, no dropout": {"step_averages": True, "dropout": 0.0},
         "per-step, no dropout, precise BN": {"step_averages": True, "dropout": 0.0, "precise_bn": PRECISE_BN}}
 FIRST_ARMS = tuple(ARMS)[:2]  # the study as it first ran: one average against per-step ones
+# Later arms and what each is compared with: the per-step arm, and for precise BN also the arm whose
+# trainings it repeats (it changes only the averages evaluation uses, so training accuracy must match).
+LATER = tuple((arm, FIRST_ARMS[1]) for arm in tuple(ARMS)[2:]) + (
+    ("per-step, no dropout, precise BN", "per-step, no dropout"),)
 SEEDS = (0, 1)
 
 
@@ -181,24 +185,26 @@ def same_trainings(differences: dict, rows: dict) -> str:
 
 
 def later_arms(differences: dict, rows: dict) -> list[str]:
-    """Each later arm against the per-step one, paired over the cells both have: the size of the seed
-    difference and the validation accuracy (paired by cell and seed)."""
+    """Each later arm against its references (``LATER``), paired over the cells both have: the size of
+    the seed difference and the validation accuracy (paired by cell and seed)."""
     from scipy.stats import wilcoxon
 
     from common import bootstrap_mean
 
-    per = FIRST_ARMS[1]
     lines = []
-    for arm in ARMS:
-        cells = [g for g in differences.get(arm, {}) if g in differences[per]] if arm not in FIRST_ARMS else []
+    for arm, against in LATER:
+        cells = [g for g in differences.get(arm, {}) if g in differences.get(against, {})]
         if len(cells) < 2:
             continue
-        spread = [abs(differences[arm][g]) - abs(differences[per][g]) for g in cells]
-        accuracy = [100 * (float(rows[arm, g, s]["val_acc"]) - float(rows[per, g, s]["val_acc"])) for g in cells for s in SEEDS]
-        (c, lo, hi), (a, alo, ahi) = bootstrap_mean(spread), bootstrap_mean(accuracy)
-        lines.append(f"- {arm} against {per}, {len(cells)} cells: seed difference {c:+.2f} points [{lo:+.2f}, {hi:+.2f}] "
+        pairs = [(rows[arm, g, s], rows[against, g, s]) for g in cells for s in SEEDS]
+        spread = [abs(differences[arm][g]) - abs(differences[against][g]) for g in cells]
+        accuracy = [100 * (float(a["val_acc"]) - float(b["val_acc"])) for a, b in pairs]
+        equal = sum(a["train_acc"] == b["train_acc"] for a, b in pairs)
+        (c, lo, hi), (m, mlo, mhi) = bootstrap_mean(spread), bootstrap_mean(accuracy)
+        lines.append(f"- {arm} against {against}, {len(cells)} cells: seed difference {c:+.2f} points [{lo:+.2f}, {hi:+.2f}] "
                      f"in size" + (f" (Wilcoxon p = {wilcoxon(spread).pvalue:.3g})" if any(spread) else "")
-                     + f"; validation accuracy {a:+.2f} [{alo:+.2f}, {ahi:+.2f}] over {len(accuracy)} trainings.")
+                     + f"; validation accuracy {m:+.2f} [{mlo:+.2f}, {mhi:+.2f}] over {len(accuracy)} trainings"
+                     + (f" ({equal} with equal training accuracy)." if equal else "."))
     return lines
 
 
