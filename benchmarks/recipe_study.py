@@ -61,6 +61,10 @@ ARMS = {
     "main-dropout0": (MAIN, {"timesteps": 2, "dropout": 0.0}),
     # BatchNorm averages recomputed for each epoch's final weights on 4,096 training images (TrainConfig.precise_bn).
     "main-precise-bn": ({**MAIN, "precise_bn": 4096}, {"timesteps": 2}),
+    # Where crop and flip start to pay: the `fast` recipe turns them on from 5 epochs, which a 520 s
+    # budget reaches on an idle CPU (benchmarks/macro_vs_cell.py --time-budget); with --epochs 2, 10 epochs.
+    "main-10-epochs": ({**MAIN, "epochs_factor": 5}, {"timesteps": 2}),
+    "main-10-epochs-augment": ({**MAIN, "epochs_factor": 5, "augment": True}, {"timesteps": 2}),
 }
 CELLS = ["0302 0030 3003 0000", "0501 0001 0000 0000", "0012 0000 0004 0000", "0005 3000 0000 0600"]
 
