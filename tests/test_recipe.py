@@ -56,7 +56,9 @@ def test_recipes():
 def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatch):
     from spikernel.training import loop
 
-    assert not recipe("fast", epochs=2).augments and recipe("fast", epochs=5).augments
+    assert not recipe("fast", epochs=2).augments and not recipe("fast", epochs=10).augments  # measured
+    assert recipe("fast", epochs=loop.AUGMENT_FROM_EPOCHS).augments
+    assert not recipe("fast", epochs=loop.AUGMENT_FROM_EPOCHS - 1).augments
     assert recipe("snasnet", epochs=2).augments and recipe("fast", epochs=2, augment=True).augments
     assert not recipe("fast", epochs=8, augment=False).augments
     calls = []

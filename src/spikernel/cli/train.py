@@ -64,7 +64,7 @@ RESULTS = ("result.json",)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, shuffling, augmentation, dropout.")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only (smoke runs).")
 @click.option("--augment/--no-augment", default=None,
-              help="Random crop and flip [the recipe's: fast from 5 epochs on, snasnet always].")
+              help="Random crop and flip [the recipe's: fast from 20 epochs on, snasnet always].")
 @click.option("--step-loss/--mean-loss", default=None,
               help="Cross-entropy of every timestep's logits (TET) or of their mean [mean].")
 @click.option("--precise-bn", type=click.IntRange(min=0), default=None,

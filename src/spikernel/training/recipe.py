@@ -16,7 +16,7 @@ RECIPES: dict[str, dict] = {
     "snasnet": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup=0.0,
                     label_smoothing=0.0, batch_size=64),
     "fast": dict(optimizer="adamw", lr=5e-3, weight_decay=0.01, schedule="onecycle", warmup=0.1,
-                 label_smoothing=0.1, batch_size=64, augment=None),  # crop + flip from 5 epochs on
+                 label_smoothing=0.1, batch_size=64, augment=None),  # crop + flip in long trainings only (AUGMENT_FROM_EPOCHS)
     # Refinement's rungs: a thousand images an epoch. Small batches give them four times the steps of
     # `fast` (benchmarks/early_training.py, docs/EVIDENCE.md).
     "refine": dict(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="onecycle", warmup=0.1,
