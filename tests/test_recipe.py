@@ -74,6 +74,17 @@ def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatc
         assert len(calls) == expected  # one crop + flip per batch, or none
 
 
+def test_train_takes_the_head_dropout_from_the_command_line(tmp_path):
+    import json
+
+    code, _, err = cli("train", "-g", CELL, "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "64",
+                       "--dropout", "0", "--threads", "1", "--out", tmp_path / "t")
+    assert code == 0, err
+    assert json.loads((tmp_path / "t" / "run.json").read_text())["macro"]["dropout"] == 0.0
+    code, _, err = cli("train", "-g", CELL, "--epochs", "1", "--dropout", "1", "--out", tmp_path / "bad")
+    assert code == 2 and err.count("\n") == 1 and "--dropout" in err and not (tmp_path / "bad").exists()
+
+
 def budget_run(data, out, monkeypatch, stop_after=None):
     """Train under a 100 s budget with epochs measured as 40 s each (so 2 epochs); optionally stop."""
     calls = []

@@ -26,13 +26,15 @@ DEFAULT_EPOCHS = {"fashion-mnist-mini": 4, "fashion-mnist": 8}
 
 
 def resolve_macro(dataset, searched: dict | None, preset: str | None, width, timesteps,
-                  encoding: str | None = None, step_averages: bool | None = None) -> MacroConfig:
+                  encoding: str | None = None, step_averages: bool | None = None,
+                  dropout: float | None = None) -> MacroConfig:
     """Preset (or the searched macro), overrides, then the dataset's shape and class count."""
     if preset is None and searched is not None:
         macro = MacroConfig.from_dict(searched)
     else:
         macro = get_preset(preset or default_preset(dataset.name))
-    overrides = {"width": width, "timesteps": timesteps, "encoding": encoding, "step_averages": step_averages}
+    overrides = {"width": width, "timesteps": timesteps, "encoding": encoding, "step_averages": step_averages,
+                 "dropout": dropout}
     return replace(macro, **{k: v for k, v in overrides.items() if v is not None}).for_data(dataset)
 
 
@@ -60,6 +62,8 @@ RESULTS = ("result.json",)
 @click.option("--width", type=click.IntRange(min=1), help="Override the cell width C.")
 @click.option("--encoding", type=ENCODING, help=ENCODING_HELP.replace("[the preset's", "[the search's, else the preset's"))
 @step_averages_option
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="The head's dropout probability [the preset's: 0.5, as SNASNet; the search's for --from-search].")
 @click.option("--lr", type=float, help="Peak learning rate [the recipe's: 5e-3 fast, 0.1 snasnet].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, shuffling, augmentation, dropout.")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N images only (smoke runs).")
@@ -78,7 +82,7 @@ RESULTS = ("result.json",)
 @click.option("--resume", is_flag=True, help="Require a run to continue in --out (re-running the command resumes anyway).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 def train(genotype, from_search, dataset, data_dir, download, epochs, time_budget, recipe_name, batch_size, timesteps,
-          preset, width, encoding, step_averages, lr, seed, limit_train, augment, step_loss, precise_bn, amp, compile_,
+          preset, width, encoding, step_averages, dropout, lr, seed, limit_train, augment, step_loss, precise_bn, amp, compile_,
           device, threads, resume, out):
     """Train a cell (BPTT; fast recipe or SNASNet's); checkpoints every epoch, resumes, runs under torchrun."""
     also = [from_search / "selection.json"] if from_search is not None else []
@@ -101,7 +105,7 @@ def train(genotype, from_search, dataset, data_dir, download, epochs, time_budge
     if from_search is not None:
         genotype, searched_macro, searched_dataset = read_search(from_search)
     data = load_dataset(dataset or searched_dataset or "fashion-mnist-mini", data_dir, download)
-    macro = resolve_macro(data, searched_macro, preset, width, timesteps, encoding, step_averages)
+    macro = resolve_macro(data, searched_macro, preset, width, timesteps, encoding, step_averages, dropout)
     apply_threads(threads)
     config = recipe(recipe_name, epochs=epochs or DEFAULT_EPOCHS.get(data.name, 300), batch_size=batch_size, lr=lr,
                     seed=seed, limit_train=limit_train, augment=augment, step_loss=step_loss, precise_bn=precise_bn,
