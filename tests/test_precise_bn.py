@@ -84,16 +84,3 @@ def test_a_training_with_precise_statistics_moves_the_weights_alike():
     assert not all(torch.equal(a.running_mean, b.running_mean) for a, b in zip(norms(plain), norms(precise)))
     assert "precise_bn" not in TrainConfig().identity()  # runs from before the setting resume
     assert TrainConfig(precise_bn=64).identity()["precise_bn"] == 64
-
-
-def test_train_takes_precise_bn_from_the_command_line(tmp_path):
-    import json
-
-    from helpers import cli
-
-    code, _, err = cli("train", "-g", GENOTYPE, "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "64",
-                       "--precise-bn", "32", "--threads", "1", "--out", tmp_path / "t")
-    assert code == 0, err
-    assert json.loads((tmp_path / "t" / "run.json").read_text())["train"]["precise_bn"] == 32
-    code, _, err = cli("train", "-g", GENOTYPE, "--epochs", "1", "--precise-bn", "-1", "--out", tmp_path / "bad")
-    assert code == 2 and err.count("\n") == 1 and "--precise-bn" in err and not (tmp_path / "bad").exists()

@@ -74,15 +74,19 @@ def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatc
         assert len(calls) == expected  # one crop + flip per batch, or none
 
 
-def test_train_takes_the_head_dropout_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("flag, value, section, setting, bad", [
+    ("--dropout", "0", "macro", "dropout", "1"),  # the head's dropout (a macro setting)
+    ("--precise-bn", "32", "train", "precise_bn", "-1"),  # BatchNorm averages recomputed (a training setting)
+])
+def test_train_takes_the_setting_from_the_command_line(tmp_path, flag, value, section, setting, bad):
     import json
 
     code, _, err = cli("train", "-g", CELL, "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "64",
-                       "--dropout", "0", "--threads", "1", "--out", tmp_path / "t")
+                       flag, value, "--threads", "1", "--out", tmp_path / "t")
     assert code == 0, err
-    assert json.loads((tmp_path / "t" / "run.json").read_text())["macro"]["dropout"] == 0.0
-    code, _, err = cli("train", "-g", CELL, "--epochs", "1", "--dropout", "1", "--out", tmp_path / "bad")
-    assert code == 2 and err.count("\n") == 1 and "--dropout" in err and not (tmp_path / "bad").exists()
+    assert json.loads((tmp_path / "t" / "run.json").read_text())[section][setting] == float(value)
+    code, _, err = cli("train", "-g", CELL, "--epochs", "1", flag, bad, "--out", tmp_path / "bad")
+    assert code == 2 and err.count("\n") == 1 and flag in err and not (tmp_path / "bad").exists()
 
 
 def budget_run(data, out, monkeypatch, stop_after=None):
