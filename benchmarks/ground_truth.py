@@ -30,7 +30,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from common import append_row, read_rows
 
 from spikernel.data.datasets import load_dataset
 from spikernel.nn.footprint import footprint
+from spikernel.nn.macro import MacroConfig
 from spikernel.nn.model import get_preset
 from spikernel.proxy.zero_cost import PROXIES, labelled_batches, proxy_rows
 from spikernel.space.genotype import Genotype, KernelSet, sample
@@ -52,9 +53,9 @@ MACRO = dict(preset="fmnist-tiny", timesteps=2)  # ~10-25K parameters: a CPU can
 VALIDATION = 1000  # training images held out for validation accuracy
 SCORING = dict(batch=64, repeats=2)
 SEED_NOISE_OUT = RESULTS / "seed_noise_fmnist_mini.csv"  # its arms' trainings: this plan's cells and seeds
-# A setting (what a ground truth or a seed-noise arm changes) is a dict: these keys are MacroConfig
-# fields, the others the recipe's.
-MACRO_FIELDS = ("step_averages", "dropout")
+# A setting (what a ground truth or a seed-noise arm changes) is a dict: MacroConfig's fields go to the
+# network, the others to the recipe.
+MACRO_FIELDS = frozenset(f.name for f in fields(MacroConfig))
 
 
 def stratified_cells(count: int, seed: int = 0, pool: int = 4000) -> list[str]:
@@ -131,8 +132,8 @@ def split_setting(setting: dict) -> tuple[dict, dict]:
 
 def train_one(genotype: str, seed: int, data, val, proxies: dict, epochs: int, augment: bool = True,
               setting: dict | None = None) -> dict:
-    fields, overrides = split_setting(setting or {})
-    macro = replace(macro_config().for_data(data), **fields)
+    network, overrides = split_setting(setting or {})
+    macro = replace(macro_config().for_data(data), **network)
     config = recipe("fast", epochs=epochs, seed=seed, augment=augment, **overrides)  # pinned: the first 105 trainings augmented
     torch.manual_seed(seed)
     from spikernel.nn.model import SNN
@@ -177,7 +178,7 @@ def import_seed_noise(args, macro, batches, labels) -> None:
     arm = next((name for name, setting in ARMS.items() if setting == args.setting), None)
     if arm is None:
         raise SystemExit(f"seed_noise.py has no arm at this setting ({args.setting}); nothing imported")
-    fields, overrides = split_setting(args.setting)
+    network, overrides = split_setting(args.setting)
     planned = set(plan(args.cells, args.repeated, args.seed))
     done = trained_pairs(args.out)
     path = args.out.with_name(f"{args.out.stem}.part-seed-noise.csv")
@@ -186,7 +187,7 @@ def import_seed_noise(args, macro, batches, labels) -> None:
         key = (row["genotype"], int(row["seed"]))
         if row["arm"] != arm or int(row["epochs"]) != args.epochs or key not in planned or key in done:
             continue
-        append_row(path, result_row(*key, replace(macro, **fields), proxies(key[0]), row, args.epochs,
+        append_row(path, result_row(*key, replace(macro, **network), proxies(key[0]), row, args.epochs,
                                     augment=False, precise_bn=overrides.get("precise_bn", 0)))
         done.add(key)
 

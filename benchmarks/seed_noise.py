@@ -80,8 +80,8 @@ def train_one(arm: str, genotype: str, seed: int, data, val, epochs: int) -> dic
     from spikernel.training.loop import evaluate, fit
     from spikernel.training.recipe import recipe
 
-    fields, overrides = split_setting(ARMS[arm])
-    macro = replace(macro_config().for_data(data), **fields)
+    network, overrides = split_setting(ARMS[arm])
+    macro = replace(macro_config().for_data(data), **network)
     config = recipe("fast", epochs=epochs, seed=seed, augment=False, **overrides)
     torch.manual_seed(seed)  # as the ground truth seeds its trainings
     model = SNN(Genotype.parse(genotype), macro)
@@ -165,47 +165,49 @@ def summary(path: Path) -> str:
 def same_trainings(differences: dict, rows: dict) -> str:
     """Per-step against one average on the same trainings: training normalises by batch statistics
     either way, so the two differ only at evaluation (their training accuracies must be equal)."""
-    from scipy.stats import wilcoxon
-
-    from common import bootstrap_mean
-
     one, per = FIRST_ARMS
-    pairs = [(rows[one, g, s], rows[per, g, s]) for (arm, g, s) in rows if arm == per and (one, g, s) in rows]
-    if len(pairs) < 2:
+    trainings = [(g, s) for (arm, g, s) in rows if arm == per and (one, g, s) in rows]
+    if len(trainings) < 2:
         return ""
-    equal = sum(a["train_acc"] == b["train_acc"] for a, b in pairs)
-    gain = bootstrap_mean([100 * (float(b["val_acc"]) - float(a["val_acc"])) for a, b in pairs])
-    cells = [g for g in differences[per] if g in differences[one]]
-    spread = [abs(differences[per][g]) - abs(differences[one][g]) for g in cells]
-    centre, low, high = bootstrap_mean(spread)
-    return (f"Per-step against one average, the same {len(pairs)} trainings ({equal} with equal training accuracy): "
-            f"validation accuracy {gain[0]:+.2f} points [{gain[1]:+.2f}, {gain[2]:+.2f}]; over {len(cells)} cells the "
+    c = compare(per, one, trainings, differences, rows)
+    (gain, glo, ghi), (centre, low, high) = c["accuracy"], c["spread"]
+    return (f"Per-step against one average, the same {len(trainings)} trainings ({c['equal']} with equal training "
+            f"accuracy): validation accuracy {gain:+.2f} points [{glo:+.2f}, {ghi:+.2f}]; over {c['cells']} cells the "
             f"seed difference {centre:+.2f} points [{low:+.2f}, {high:+.2f}] in size"
-            + (f", Wilcoxon p = {wilcoxon(spread).pvalue:.3g}" if any(spread) else "") + ".")
+            + (f", Wilcoxon p = {c['p']:.3g}" if c["p"] is not None else "") + ".")
 
 
 def later_arms(differences: dict, rows: dict) -> list[str]:
     """Each later arm against its references (``LATER``), paired over the cells both have: the size of
     the seed difference and the validation accuracy (paired by cell and seed)."""
-    from scipy.stats import wilcoxon
-
-    from common import bootstrap_mean
-
     lines = []
     for arm, against in LATER:
         cells = [g for g in differences.get(arm, {}) if g in differences.get(against, {})]
         if len(cells) < 2:
             continue
-        pairs = [(rows[arm, g, s], rows[against, g, s]) for g in cells for s in SEEDS]
-        spread = [abs(differences[arm][g]) - abs(differences[against][g]) for g in cells]
-        accuracy = [100 * (float(a["val_acc"]) - float(b["val_acc"])) for a, b in pairs]
-        equal = sum(a["train_acc"] == b["train_acc"] for a, b in pairs)
-        (c, lo, hi), (m, mlo, mhi) = bootstrap_mean(spread), bootstrap_mean(accuracy)
-        lines.append(f"- {arm} against {against}, {len(cells)} cells: seed difference {c:+.2f} points [{lo:+.2f}, {hi:+.2f}] "
-                     f"in size" + (f" (Wilcoxon p = {wilcoxon(spread).pvalue:.3g})" if any(spread) else "")
-                     + f"; validation accuracy {m:+.2f} [{mlo:+.2f}, {mhi:+.2f}] over {len(accuracy)} trainings"
-                     + (f" ({equal} with equal training accuracy)." if equal else "."))
+        c = compare(arm, against, [(g, s) for g in cells for s in SEEDS], differences, rows)
+        (centre, low, high), (gain, glo, ghi) = c["spread"], c["accuracy"]
+        lines.append(f"- {arm} against {against}, {c['cells']} cells: seed difference {centre:+.2f} points "
+                     f"[{low:+.2f}, {high:+.2f}] in size" + (f" (Wilcoxon p = {c['p']:.3g})" if c["p"] is not None else "")
+                     + f"; validation accuracy {gain:+.2f} [{glo:+.2f}, {ghi:+.2f}] over {len(c['pairs'])} trainings"
+                     + (f" ({c['equal']} with equal training accuracy)." if c["equal"] else "."))
     return lines
+
+
+def compare(arm: str, against: str, trainings: list[tuple[str, int]], differences: dict, rows: dict) -> dict:
+    """``arm`` less ``against``: over ``trainings`` ((cell, seed) both arms have, in the order given) the
+    validation accuracy in points and how many have equal training accuracy; over the cells both have the
+    change in the size of the seed difference (mean and 95% bootstrap interval each; Wilcoxon's p)."""
+    from scipy.stats import wilcoxon
+
+    from common import bootstrap_mean
+
+    pairs = [(rows[arm, g, s], rows[against, g, s]) for g, s in trainings]
+    cells = [g for g in differences[arm] if g in differences[against]]
+    spread = [abs(differences[arm][g]) - abs(differences[against][g]) for g in cells]
+    return {"pairs": pairs, "cells": len(cells), "equal": sum(a["train_acc"] == b["train_acc"] for a, b in pairs),
+            "accuracy": bootstrap_mean([100 * (float(a["val_acc"]) - float(b["val_acc"])) for a, b in pairs]),
+            "spread": bootstrap_mean(spread), "p": wilcoxon(spread).pvalue if any(spread) else None}
 
 
 def proxy_agreement(differences: dict, rows: dict, proxies=("params", "sahd", "grad_norm")) -> str:
