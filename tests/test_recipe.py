@@ -1,5 +1,6 @@
 """Recipes, time budgets (plan kept, resume bit-identical), health warnings and the thread setting."""
 
+import json
 import warnings
 
 import pytest
@@ -8,8 +9,8 @@ from safetensors.torch import load_file
 
 from spikernel.data.datasets import load_dataset
 from spikernel.errors import ConfigError
-from spikernel.nn.model import get_preset
-from spikernel.training import run as run_module
+from spikernel.nn.model import build_model, get_preset
+from spikernel.training import loop, run as run_module
 from spikernel.training.health import HealthWarning, chance_finding, rate_findings
 from spikernel.training.recipe import recipe
 from spikernel.training.timebudget import epochs_within, parse_duration
@@ -54,8 +55,6 @@ def test_recipes():
 
 
 def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatch):
-    from spikernel.training import loop
-
     assert not recipe("fast", epochs=2).augments and not recipe("fast", epochs=10).augments  # measured
     assert recipe("fast", epochs=loop.AUGMENT_FROM_EPOCHS).augments
     assert not recipe("fast", epochs=loop.AUGMENT_FROM_EPOCHS - 1).augments
@@ -63,8 +62,6 @@ def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatc
     assert not recipe("fast", epochs=8, augment=False).augments
     calls = []
     monkeypatch.setattr(type(data), "augment", lambda self, images, generator: calls.append(1) or images)
-    from spikernel.nn.model import build_model
-
     model = build_model(CELL, tiny().for_data(data))
     for config, expected in ((recipe("fast", epochs=2, limit_train=64, batch_size=32), 0),
                              (recipe("fast", epochs=2, limit_train=64, batch_size=32, augment=True), 2)):
@@ -79,8 +76,6 @@ def test_fast_augments_long_trainings_only_and_the_setting_wins(data, monkeypatc
     ("--precise-bn", "32", "train", "precise_bn", "-1"),  # BatchNorm averages recomputed (a training setting)
 ])
 def test_train_takes_the_setting_from_the_command_line(tmp_path, flag, value, section, setting, bad):
-    import json
-
     code, _, err = cli("train", "-g", CELL, "-p", "fmnist-tiny", "-T", "2", "--epochs", "1", "--limit-train", "64",
                        flag, value, "--threads", "1", "--out", tmp_path / "t")
     assert code == 0, err
@@ -89,28 +84,28 @@ def test_train_takes_the_setting_from_the_command_line(tmp_path, flag, value, se
     assert code == 2 and err.count("\n") == 1 and flag in err and not (tmp_path / "bad").exists()
 
 
-def budget_run(data, out, monkeypatch, stop_after=None):
-    """Train under a 100 s budget with epochs measured as 40 s each (so 2 epochs); optionally stop."""
-    calls = []
-    monkeypatch.setattr(run_module, "time_one_epoch", lambda *a, **k: calls.append(1) or 40.0)
-
+def train_until(data, out, config, stop_after=None):
+    """Train 128 images an epoch into ``out``; with ``stop_after``, stop (as an interrupt would) after that epoch."""
     def on_event(event):
         if stop_after is not None and event.info.startswith("test") and event.done == stop_after * 128:
             raise KeyboardInterrupt
-
-    config = recipe("fast", time_budget=100, limit_train=128, batch_size=32, epochs=1)
     try:
         run_module.train(CELL, data, out=out, macro=tiny(), config=config, device="cpu", on_event=on_event)
     except KeyboardInterrupt:
         pass
+
+
+def budget_run(data, out, monkeypatch, stop_after=None):
+    """Train under a 100 s budget with epochs measured as 40 s each (so 2 epochs); optionally stop."""
+    calls = []
+    monkeypatch.setattr(run_module, "time_one_epoch", lambda *a, **k: calls.append(1) or 40.0)
+    train_until(data, out, recipe("fast", time_budget=100, limit_train=128, batch_size=32, epochs=1), stop_after)
     return calls
 
 
 def test_time_budget_plans_once_and_resumes_bit_identical(data, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     assert budget_run(data, whole, monkeypatch) == [1]
-    import json
-
     assert json.loads((whole / "run.json").read_text())["plan"]["epochs"] == 2
     assert json.loads((whole / "result.json").read_text())["epochs"] == 2
     cut = tmp_path / "cut"
@@ -118,6 +113,20 @@ def test_time_budget_plans_once_and_resumes_bit_identical(data, tmp_path, monkey
     assert not (cut / "result.json").exists() and (cut / "checkpoint.json").exists()
     assert budget_run(data, cut, monkeypatch) == []  # the stored plan, not a new measurement
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unset_augmentation_is_decided_once_and_a_resume_keeps_it(data, tmp_path, monkeypatch):
+    """The rule (crop and flip from AUGMENT_FROM_EPOCHS) may change between a run's start and its resume."""
+    config = recipe("fast", epochs=2, limit_train=128, batch_size=32)
+    assert config.augment is None and not config.augments
+
+    train_until(data, tmp_path / "whole", config)
+    train_until(data, tmp_path / "cut", config, stop_after=1)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["augment"] is False
+    monkeypatch.setattr(loop, "AUGMENT_FROM_EPOCHS", 1)  # the rule now says augment
+    train_until(data, tmp_path / "cut", config)
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -207,8 +216,6 @@ def test_idle_cores_follow_the_tasks_running_now_not_the_minute_average(monkeypa
 
 
 def test_threads_reach_torch_for_the_command_only(tmp_path):
-    import json
-
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(available_cores())
@@ -236,9 +243,6 @@ def test_step_loss_is_the_mean_of_each_timesteps_cross_entropy():
 
 
 def one_epoch_weights(data, timesteps: int, step_loss: bool) -> dict:
-    from spikernel.nn.model import build_model
-    from spikernel.training import loop
-
     torch.manual_seed(0)
     model = build_model(CELL, get_preset("fmnist-tiny", timesteps=timesteps).for_data(data))
     config = recipe("fast", epochs=1, limit_train=64, batch_size=32, step_loss=step_loss)

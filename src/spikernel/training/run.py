@@ -79,6 +79,7 @@ def train(genotype: Genotype | str | SNN, data: Dataset | str, *, out: str | Pat
             _record_in_run_file(out, "data_dir", str(data_dir))
         if config.time_budget is not None:
             config = _planned(config, model, data, device, out, world, on_event)
+        config = _augmentation_decided(config, out, world)
         started = time.perf_counter()
         history = _fit(model, data, config, device, out, world, on_event, on_epoch)
         result = _result(spec, model, history, data, world, device, time.perf_counter() - started, command, energy)
@@ -122,6 +123,19 @@ def _planned(config: TrainConfig, model, data, device, out: Path | None, world, 
     if not world.is_main:
         plan = read_json(out / RUN_FILE)["plan"]
     return replace(config, epochs=plan["epochs"])
+
+
+def _augmentation_decided(config: TrainConfig, out: Path | None, world) -> TrainConfig:
+    """An unset augmentation follows the rule of the day (``AUGMENT_FROM_EPOCHS``) once, and run.json
+    keeps the decision: a resume after the rule changed goes on as the run began."""
+    if config.augment is not None:
+        return config
+    decided = read_json(out / RUN_FILE).get("augment") if out is not None else None
+    if decided is None:
+        decided = config.augments
+        if out is not None and world.is_main:
+            _record_in_run_file(out, "augment", decided)
+    return replace(config, augment=decided)
 
 
 def _record_in_run_file(out: Path, key: str, value) -> None:
