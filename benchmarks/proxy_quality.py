@@ -1,6 +1,7 @@
 """How well each zero-cost proxy predicts trained accuracy and selects a cell, from a ground-truth CSV.
 
     python benchmarks/proxy_quality.py truth.csv --out runs/proxy_quality/report.md
+    python benchmarks/proxy_quality.py truth.csv --compare other.csv   # the same cells at another recipe
 
 The CSV has one row per training: genotype, cell, params, footprint_bytes, a ``proxy_<name>``
 column per proxy, val_acc, test_acc and seed (rows sharing a genotype are its training seeds).
@@ -16,7 +17,8 @@ import argparse
 from pathlib import Path
 
 from spikernel.files import write_json
-from spikernel.proxy.quality import evaluate, json_ready, markdown, plot_quality, read_ground_truth, write_text
+from spikernel.proxy.quality import (agreement, agreement_markdown, evaluate, json_ready, markdown, plot_quality,
+                                     read_ground_truth, write_text)
 
 
 def main(argv=None) -> int:
@@ -35,8 +37,14 @@ def main(argv=None) -> int:
     parser.add_argument("--vote", default=None, help="comma-separated proxies of the vote (default: all but params)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="markdown report; .json and .png beside it")
+    parser.add_argument("--compare", type=Path, help="another ground truth of the same cells: how far the two agree")
     args = parser.parse_args(argv)
     truth = read_ground_truth(args.csv, args.target, args.extra)
+    if args.compare:
+        report = agreement(truth, read_ground_truth(args.compare, args.target), args.bins or None,
+                           args.resamples, args.seed)
+        print(agreement_markdown(report, [args.csv.name, args.compare.name]), end="")
+        return 0
     vote = args.vote.split(",") if args.vote else None
     report = evaluate(truth, bins=args.bins or None, searches=args.searches, search_size=args.search_size,
                       resamples=args.resamples, selection_resamples=args.selection_resamples,

@@ -7,8 +7,8 @@ import pytest
 
 from spikernel.errors import DatasetError
 from spikernel.proxy import quality
-from spikernel.proxy.quality import (evaluate, ground_truth, kendall, markdown, json_ready, noise_floor,
-                                     partial_kendall, plot_quality, read_ground_truth)
+from spikernel.proxy.quality import (agreement, agreement_markdown, evaluate, ground_truth, kendall, markdown,
+                                     json_ready, noise_floor, partial_kendall, plot_quality, read_ground_truth)
 
 SIZES = (1000, 2000, 3000)  # three footprint levels, 20 cells each
 
@@ -254,3 +254,25 @@ def test_a_rule_figures_do_not_move_when_rules_are_added():
     few = quality.simulate_searches({k: rules[k] for k in ("noise", "params")}, truth, groups, searches=20, search_size=30)
     more = quality.simulate_searches(rules, truth, groups, searches=20, search_size=30)
     assert few["noise"] == more["noise"] and few["params"] == more["params"]  # params breaks its ties at random
+
+
+def test_agreement_of_two_ground_truths_of_the_same_cells():
+    truth = ground_truth(synthetic_records())
+    same = agreement(truth, truth, bins=3, resamples=20)
+    assert same["cells"] == 60 and same["kendall_tau"]["value"] == pytest.approx(1.0)
+    assert same["kendall_tau_within_size"]["value"] == pytest.approx(1.0) and same["mean_difference"]["value"] == 0
+    # another recipe: every cell 5 points higher, the cells of a size in reverse order, half of them trained
+    records = [{**r, "val_acc": r["val_acc"] + 0.05 - 0.1 * (int(r["genotype"][4:]) % 20) / 20}
+               for r in synthetic_records() if int(r["genotype"][4:]) % 2 == 0]
+    other = agreement(truth, ground_truth(records), bins=3, resamples=20)
+    assert other["cells"] == 30 and other["kendall_tau_within_size"]["value"] == pytest.approx(-1.0)
+    assert other["kendall_tau"]["value"] == pytest.approx((300 - 135) / 435)  # pairs across sizes agree, within not
+    first, second = other["spread"]
+    assert first["seed_sd"] == pytest.approx(0.5 * math.sqrt(2)) == second["seed_sd"]
+    assert first["sd_within_size"] == pytest.approx(np.std(5 * np.arange(0, 20, 2) / 20, ddof=1))
+    assert first["within_size_to_seed_sd"] == pytest.approx(first["sd_within_size"] / first["seed_sd"])
+    assert other["mean_difference"]["value"] == pytest.approx(5 - 10 * np.mean(np.arange(0, 20, 2) / 20))
+    text = agreement_markdown(other, ["a.csv", "b.csv"])
+    assert "| a.csv | 30 |" in text and "| b.csv | 30 |" in text and "b.csv - a.csv" in text
+    with pytest.raises(DatasetError, match="no cell in common"):
+        agreement(truth, ground_truth([{**r, "genotype": "x" + r["genotype"]} for r in synthetic_records()]))

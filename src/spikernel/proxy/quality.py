@@ -417,6 +417,42 @@ def noise_floor(truth: GroundTruth) -> dict:
             "robust_sd": robust, "retest_kendall_tau": kendall(first, second)}
 
 
+def agreement(first: GroundTruth, second: GroundTruth, bins: int | None = DEFAULT_SIZE_BINS,
+              resamples: int = 1000, seed: int = 0) -> dict:
+    """How far two ground truths of the same cells (another recipe, other trainings) agree.
+
+    ``second``'s accuracy is scored as a rule on the cells both hold (its correlations with
+    ``first``'s, with bootstrap intervals, as for a proxy). Beside it, for each: the spread of cell
+    accuracies within a size bin and the seed noise, whose ratio bounds how well any rule can pick.
+    """
+    in_second = {row["genotype"]: i for i, row in enumerate(second.rows)}
+    shared = first.subset([i for i, row in enumerate(first.rows) if row["genotype"] in in_second])
+    if len(shared) == 0:
+        raise DatasetError("the two ground truths hold no cell in common")
+    theirs = second.subset([in_second[row["genotype"]] for row in shared.rows])
+
+    def accuracy_in_second(rows, rng):
+        return np.array([second.accuracy[in_second[row["genotype"]]] for row in rows])
+
+    rng = np.random.default_rng(seed)
+    differences = theirs.accuracy - shared.accuracy
+    resampled = [differences[rng.integers(len(differences), size=len(differences))].mean() for _ in range(resamples)]
+    return {"cells": len(shared), **bootstrap_correlations(accuracy_in_second, shared, bins, resamples, seed),
+            "mean_difference": {"value": float(differences.mean()), "ci95": _interval(resampled)},
+            "spread": [_spread(truth, bins) for truth in (shared, theirs)]}
+
+
+def _spread(truth: GroundTruth, bins: int | None) -> dict:
+    """Mean and sd of the cells' accuracy, overall and pooled within size bins, and the seed noise."""
+    groups = size_bins(truth.column(SIZE), bins)
+    deviations = np.concatenate([truth.accuracy[groups == g] - truth.accuracy[groups == g].mean()
+                                 for g in np.unique(groups)])
+    within = float(np.sqrt(np.sum(deviations**2) / (len(deviations) - len(np.unique(groups)))))
+    noise = noise_floor(truth)["pooled_sd"]
+    return {"mean": float(truth.accuracy.mean()), "sd": float(truth.accuracy.std(ddof=1)),
+            "sd_within_size": within, "seed_sd": noise, "within_size_to_seed_sd": within / noise}
+
+
 def noise_ceiling(truth: GroundTruth, groups: np.ndarray, sd: float, searches: int = 1000,
                   search_size: int = 100, seed: int = 0) -> float:
     """The per-size percentile an oracle of each cell's noise-free accuracy would reach on ``truth``.
@@ -580,6 +616,19 @@ def markdown(report: dict) -> str:
         lines.append(f"The same oracle on a rerun of these cells with n seeds each (`projected_ceiling`, pooled sd): "
                      f"{projected}.")
     return "\n".join(lines + ["", *gain_table(report)]) + "\n"
+
+
+def agreement_markdown(report: dict, names: Sequence[str]) -> str:
+    """``agreement``'s figures: one row per ground truth, then how they rank the cells alike."""
+    lines = ["| ground truth | cells | mean acc | sd | sd within size | seed sd | within size / seed |",
+             "|" + "---|" * 7]
+    for name, spread in zip(names, report["spread"]):
+        lines.append(f"| {name} | {report['cells']} | " + " | ".join(_fmt(spread[k]) for k in (
+            "mean", "sd", "sd_within_size", "seed_sd", "within_size_to_seed_sd")) + " |")
+    return "\n".join(lines + ["", f"Kendall tau between them over the {report['cells']} cells: "
+                              f"{_with_ci(report['kendall_tau'])} overall, {_with_ci(report['kendall_tau_within_size'])} "
+                              f"within size; mean difference ({names[1]} - {names[0]}): "
+                              f"{_with_ci(report['mean_difference'])} points."]) + "\n"
 
 
 def gain_table(report: dict) -> list[str]:
