@@ -106,23 +106,18 @@ def _initial_model(genotype, macro, data: Dataset, seed: int) -> tuple[SNN, Macr
 
 def _planned(config: TrainConfig, model, data, device, out: Path | None, world, on_event) -> TrainConfig:
     """The epochs a time budget allows: measured once, kept in run.json for every resume."""
-    plan = read_json(out / RUN_FILE).get("plan") if out is not None and world.is_main else None
-    if plan is None and world.is_main:
+    def measure() -> dict:
         steps = steps_per_epoch(train_count(data, config), config.batch_size, world)
         epoch_s = time_one_epoch(model, data, config, device, steps)
         epochs = epochs_within(config.time_budget, epoch_s)
         if epochs < 1:
             raise ConfigError(f"time budget of {config.time_budget:g} s is too short for one epoch "
                               f"(about {epoch_s:.0f} s measured here)")
-        plan = {"epochs": epochs, "seconds_per_epoch": round(epoch_s, 2), "budget_seconds": config.time_budget}
-        if out is not None:
-            _record_in_run_file(out, "plan", plan)
         emit(on_event, "train", message=f"time budget {config.time_budget:g} s: {epochs} epochs of about "
                                         f"{epoch_s:.0f} s each")
-    world.barrier()
-    if not world.is_main:
-        plan = read_json(out / RUN_FILE)["plan"]
-    return replace(config, epochs=plan["epochs"])
+        return {"epochs": epochs, "seconds_per_epoch": round(epoch_s, 2), "budget_seconds": config.time_budget}
+
+    return replace(config, epochs=_decided_once(out, world, "plan", measure)["epochs"])
 
 
 def _augmentation_decided(config: TrainConfig, out: Path | None, world) -> TrainConfig:
@@ -130,12 +125,21 @@ def _augmentation_decided(config: TrainConfig, out: Path | None, world) -> Train
     keeps the decision: a resume after the rule changed goes on as the run began."""
     if config.augment is not None:
         return config
-    decided = read_json(out / RUN_FILE).get("augment") if out is not None else None
-    if decided is None:
-        decided = config.augments
-        if out is not None and world.is_main:
-            _record_in_run_file(out, "augment", decided)
-    return replace(config, augment=decided)
+    return replace(config, augment=_decided_once(out, world, "augment", lambda: config.augments))
+
+
+def _decided_once(out: Path | None, world, key: str, decide: Callable[[], object]):
+    """What a run decides at its start: rank 0 calls ``decide`` the first time and records the answer
+    in run.json under ``key``; every resume, and every other rank, reads it back from there."""
+    value = read_json(out / RUN_FILE).get(key) if out is not None and world.is_main else None
+    if value is None and world.is_main:
+        value = decide()
+        if out is not None:
+            _record_in_run_file(out, key, value)
+    world.barrier()
+    if not world.is_main:
+        value = read_json(out / RUN_FILE)[key] if out is not None else decide()
+    return value
 
 
 def _record_in_run_file(out: Path, key: str, value) -> None:
