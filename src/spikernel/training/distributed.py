@@ -42,6 +42,14 @@ class World:
             for tensor in tensors:
                 dist.broadcast(tensor, 0)
 
+    def share(self, value):
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, 0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

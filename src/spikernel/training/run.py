@@ -130,16 +130,15 @@ def _augmentation_decided(config: TrainConfig, out: Path | None, world) -> Train
 
 def _decided_once(out: Path | None, world, key: str, decide: Callable[[], object]):
     """What a run decides at its start: rank 0 calls ``decide`` the first time and records the answer
-    in run.json under ``key``; every resume, and every other rank, reads it back from there."""
-    value = read_json(out / RUN_FILE).get(key) if out is not None and world.is_main else None
-    if value is None and world.is_main:
-        value = decide()
-        if out is not None:
-            _record_in_run_file(out, key, value)
-    world.barrier()
-    if not world.is_main:
-        value = read_json(out / RUN_FILE)[key] if out is not None else decide()
-    return value
+    in run.json under ``key``, where every resume reads it back; the other ranks get rank 0's answer."""
+    value = None
+    if world.is_main:
+        value = read_json(out / RUN_FILE).get(key) if out is not None else None
+        if value is None:
+            value = decide()
+            if out is not None:
+                _record_in_run_file(out, key, value)
+    return world.share(value)
 
 
 def _record_in_run_file(out: Path, key: str, value) -> None:
